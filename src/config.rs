@@ -1,0 +1,266 @@
+//! Every setting, read once at cold start into a typed struct. A missing or invalid setting fails
+//! init with a message that names the variable; nothing reads the environment during a request.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use reqwest::Url;
+use secrecy::SecretString;
+
+use crate::deploy::hook::DeployTargets;
+use crate::domain::rules::{DeployRules, RulesError};
+use crate::http::signature::WebhookSecrets;
+
+pub const DEFAULT_GITHUB_API_URL: &str = "https://api.github.com";
+
+#[derive(Debug)]
+pub struct Config {
+    pub webhook_secrets: WebhookSecrets,
+    pub github_token: SecretString,
+    pub github_api_url: String,
+    pub table: String,
+    pub rules: DeployRules,
+    pub deploy_targets: DeployTargets,
+    /// The whole delivery's time budget: GitHub gives up after 10 s.
+    pub delivery_budget: Duration,
+    pub deploy_hook_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is not set")]
+    Missing(&'static str),
+    #[error("{0} is set but holds no secret (it is empty or only commas)")]
+    EmptySecrets(&'static str),
+    #[error("{name} is not a valid http(s) URL: {value:?}")]
+    BadUrl { name: String, value: String },
+    #[error("DEPLOY_RULES is not valid: {0}")]
+    BadRules(#[from] RulesError),
+    #[error("{name} must be a whole number of milliseconds between {min} and {max}, got {value:?}")]
+    BadMillis {
+        name: &'static str,
+        value: String,
+        min: u64,
+        max: u64,
+    },
+    #[error("{0} holds characters not allowed in an HTTP header")]
+    BadToken(&'static str),
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(std::env::vars())
+    }
+
+    /// Reads the settings from `vars` (the process environment in production, a list in tests).
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let vars: HashMap<String, String> = vars.into_iter().collect();
+        let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+
+        let secrets_raw =
+            get("GITHUB_WEBHOOK_SECRET").ok_or(ConfigError::Missing("GITHUB_WEBHOOK_SECRET"))?;
+        let webhook_secrets = WebhookSecrets::from_list(secrets_raw)
+            .ok_or(ConfigError::EmptySecrets("GITHUB_WEBHOOK_SECRET"))?;
+
+        let token = get("GITHUB_TOKEN").ok_or(ConfigError::Missing("GITHUB_TOKEN"))?;
+        if token.chars().any(|c| !c.is_ascii_graphic()) {
+            return Err(ConfigError::BadToken("GITHUB_TOKEN"));
+        }
+
+        let github_api_url = match get("GITHUB_API_URL") {
+            Some(url) => http_url("GITHUB_API_URL", url)?
+                .trim_end_matches('/')
+                .to_owned(),
+            None => DEFAULT_GITHUB_API_URL.to_owned(),
+        };
+
+        let table = get("DEPLOYMENTS_TABLE")
+            .ok_or(ConfigError::Missing("DEPLOYMENTS_TABLE"))?
+            .to_owned();
+
+        let rules = match get("DEPLOY_RULES") {
+            Some(raw) => DeployRules::parse(raw)?,
+            None => DeployRules::default(),
+        };
+
+        let mut deploy_targets = DeployTargets::default();
+        for (name, value) in &vars {
+            let value = value.trim();
+            if value.is_empty() {
+                continue;
+            }
+            if name == "DEPLOY_HOOK_URL" {
+                deploy_targets.default_hook = Some(http_url(name, value)?);
+            } else if let Some(env) = name.strip_prefix("DEPLOY_HOOK_URL_") {
+                deploy_targets
+                    .hooks
+                    .insert(env.to_owned(), http_url(name, value)?);
+            } else if name == "ENVIRONMENT_URL" {
+                deploy_targets.default_environment_url = Some(http_url(name, value)?);
+            } else if let Some(env) = name.strip_prefix("ENVIRONMENT_URL_") {
+                deploy_targets
+                    .environment_urls
+                    .insert(env.to_owned(), http_url(name, value)?);
+            }
+        }
+
+        let delivery_budget = millis(
+            get("DELIVERY_BUDGET_MS"),
+            "DELIVERY_BUDGET_MS",
+            8_000,
+            1_000,
+            9_500,
+        )?;
+        let deploy_hook_timeout = millis(
+            get("DEPLOY_HOOK_TIMEOUT_MS"),
+            "DEPLOY_HOOK_TIMEOUT_MS",
+            5_000,
+            100,
+            9_000,
+        )?;
+
+        Ok(Self {
+            webhook_secrets,
+            github_token: SecretString::from(token.to_owned()),
+            github_api_url,
+            table,
+            rules,
+            deploy_targets,
+            delivery_budget,
+            deploy_hook_timeout,
+        })
+    }
+}
+
+fn http_url(name: &str, value: &str) -> Result<String, ConfigError> {
+    match Url::parse(value) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+            Ok(value.to_owned())
+        }
+        _ => Err(ConfigError::BadUrl {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        }),
+    }
+}
+
+fn millis(
+    raw: Option<&str>,
+    name: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<Duration, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(Duration::from_millis(default));
+    };
+    match raw.parse::<u64>() {
+        Ok(ms) if (min..=max).contains(&ms) => Ok(Duration::from_millis(ms)),
+        _ => Err(ConfigError::BadMillis {
+            name,
+            value: raw.to_owned(),
+            min,
+            max,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const MINIMAL: &[(&str, &str)] = &[
+        ("GITHUB_WEBHOOK_SECRET", "whsec-alpha,whsec-beta"),
+        ("GITHUB_TOKEN", "ghp_x"),
+        ("DEPLOYMENTS_TABLE", "t"),
+    ];
+
+    #[test]
+    fn minimal_settings_get_defaults() {
+        let c = Config::from_vars(vars(MINIMAL)).unwrap();
+        assert_eq!(c.github_api_url, "https://api.github.com");
+        assert_eq!(c.rules, DeployRules::default());
+        assert_eq!(c.github_token.expose_secret(), "ghp_x");
+        assert_eq!(c.delivery_budget, Duration::from_millis(8000));
+    }
+
+    #[test]
+    fn each_missing_setting_is_named() {
+        for missing in ["GITHUB_WEBHOOK_SECRET", "GITHUB_TOKEN", "DEPLOYMENTS_TABLE"] {
+            let v: Vec<_> = vars(MINIMAL)
+                .into_iter()
+                .filter(|(k, _)| k != missing)
+                .collect();
+            let err = Config::from_vars(v).unwrap_err().to_string();
+            assert!(err.contains(missing), "{err}");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let with = |k: &str, v: &str| {
+            let mut all = vars(MINIMAL);
+            all.push((k.to_owned(), v.to_owned()));
+            Config::from_vars(all).unwrap_err().to_string()
+        };
+        assert!(with("GITHUB_API_URL", "not a url").contains("GITHUB_API_URL"));
+        assert!(with("GITHUB_API_URL", "ftp://x").contains("GITHUB_API_URL"));
+        assert!(with("DEPLOY_RULES", "main").contains("DEPLOY_RULES"));
+        assert!(with("DEPLOY_HOOK_URL_STAGING", "nope").contains("DEPLOY_HOOK_URL_STAGING"));
+        assert!(with("DELIVERY_BUDGET_MS", "20000").contains("DELIVERY_BUDGET_MS"));
+        assert!(with("GITHUB_WEBHOOK_SECRET", " , ").contains("GITHUB_WEBHOOK_SECRET"));
+    }
+
+    #[test]
+    fn reads_rules_hooks_and_enterprise_urls() {
+        let mut v = vars(MINIMAL);
+        v.extend(vars(&[
+            ("GITHUB_API_URL", "https://ghe.example.com/api/v3/"),
+            ("DEPLOY_RULES", "main=production,release/*=staging"),
+            ("DEPLOY_HOOK_URL", "https://deploy.example.com/all"),
+            (
+                "DEPLOY_HOOK_URL_STAGING",
+                "https://deploy.example.com/staging",
+            ),
+            ("ENVIRONMENT_URL_PRODUCTION", "https://example.com"),
+        ]));
+        let c = Config::from_vars(v).unwrap();
+        assert_eq!(c.github_api_url, "https://ghe.example.com/api/v3");
+        assert_eq!(c.rules.rules().len(), 2);
+        let staging = crate::domain::Environment::parse("staging").unwrap();
+        assert_eq!(
+            c.deploy_targets.hook_for(&staging),
+            Some("https://deploy.example.com/staging")
+        );
+        assert_eq!(
+            c.deploy_targets
+                .hook_for(&crate::domain::Environment::production()),
+            Some("https://deploy.example.com/all")
+        );
+        assert_eq!(
+            c.deploy_targets
+                .environment_url_for(&crate::domain::Environment::production()),
+            Some("https://example.com")
+        );
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let c = Config::from_vars(vars(MINIMAL)).unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("ghp_x") && !shown.contains("whsec-"),
+            "{shown}"
+        );
+    }
+}

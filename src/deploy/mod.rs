@@ -1,0 +1,3 @@
+//! The environment's deploy action.
+
+pub mod hook;

@@ -1,0 +1,90 @@
+//! The events this deployer acts on, already validated: the edge turns wire payloads into these.
+
+use serde_json::Value;
+
+use super::types::{
+    BranchName, DeliveryId, DeploymentId, DeploymentState, Environment, RepoFullName, Sha, StatusId,
+};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum WebhookEvent {
+    Ping {
+        zen: Option<String>,
+    },
+    PullRequestMerged(MergedPullRequest),
+    DeploymentCreated(DeploymentCreated),
+    DeploymentStatus(DeploymentStatusEvent),
+    /// An event or action we don't act on, with a short reason for the response.
+    Ignored {
+        reason: String,
+    },
+}
+
+impl WebhookEvent {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Ping { .. } => "ping",
+            Self::PullRequestMerged(_) => "pull_request",
+            Self::DeploymentCreated(_) => "deployment",
+            Self::DeploymentStatus(_) => "deployment_status",
+            Self::Ignored { .. } => "ignored",
+        }
+    }
+}
+
+/// A pull request that was merged: closed with `merged: true`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MergedPullRequest {
+    /// The base repository (where the PR was merged), never the fork's.
+    pub repo: RepoFullName,
+    pub default_branch: Option<String>,
+    pub number: u64,
+    pub title: String,
+    pub html_url: String,
+    pub author: String,
+    pub base_branch: BranchName,
+    /// `merge_commit_sha`: the merged code on the base repository.
+    pub merge_sha: Sha,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeploymentCreated {
+    pub repo: RepoFullName,
+    pub id: DeploymentId,
+    pub sha: Sha,
+    pub git_ref: String,
+    pub task: String,
+    pub environment: Environment,
+    pub creator: Option<String>,
+    pub description: Option<String>,
+    pub created_at: Option<String>,
+    /// The deployment's `payload` as GitHub sent it (an object, or a string for old clients).
+    pub payload: Value,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeploymentStatusEvent {
+    pub repo: RepoFullName,
+    pub deployment_id: DeploymentId,
+    pub environment: Option<Environment>,
+    pub status: StatusRecord,
+}
+
+/// One deployment status as it is stored: what GitHub says about a deployment at a time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StatusRecord {
+    pub id: StatusId,
+    pub state: DeploymentState,
+    pub description: Option<String>,
+    pub log_url: Option<String>,
+    pub environment_url: Option<String>,
+    pub creator: Option<String>,
+    pub created_at: Option<String>,
+}
+
+/// A delivery: its id and what it carries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Delivery {
+    pub id: DeliveryId,
+    pub event: WebhookEvent,
+}

@@ -1,0 +1,18 @@
+//! The domain: what a delivery means and which effects it calls for. No HTTP, DynamoDB or GitHub
+//! wire types live here; adapters implement the [`ports`].
+
+pub mod deadline;
+pub mod event;
+pub mod ports;
+pub mod rules;
+pub mod service;
+pub mod types;
+
+pub use deadline::Deadline;
+pub use event::{
+    Delivery, DeploymentCreated, DeploymentStatusEvent, MergedPullRequest, StatusRecord,
+    WebhookEvent,
+};
+pub use rules::{BranchPattern, DeployRule, DeployRules};
+pub use service::{Outcome, Service, ServiceError, ServiceSettings};
+pub use types::*;

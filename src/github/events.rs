@@ -1,0 +1,229 @@
+//! Webhook payloads → domain events. Only the fields we use are declared (serde ignores the
+//! rest), so GitHub adding fields never breaks us; a known event missing a field we need, or
+//! holding a wrong type, is a clear 400.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::domain::types::{
+    BranchName, DeploymentId, DeploymentState, Environment, InvalidValue, RepoFullName, Sha,
+    StatusId,
+};
+use crate::domain::{
+    DeploymentCreated, DeploymentStatusEvent, MergedPullRequest, StatusRecord, WebhookEvent,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("the {event} payload is not valid: {source}")]
+    Json {
+        event: String,
+        source: serde_json::Error,
+    },
+    #[error("the {event} payload is not valid: {source}")]
+    Value { event: String, source: InvalidValue },
+}
+
+#[derive(Deserialize)]
+struct Repository {
+    full_name: String,
+    default_branch: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct User {
+    login: String,
+}
+
+#[derive(Deserialize)]
+struct PullRequestEvent {
+    action: String,
+    pull_request: PullRequest,
+    repository: Repository,
+}
+
+#[derive(Deserialize)]
+struct PullRequest {
+    number: u64,
+    #[serde(default)]
+    merged: Option<bool>,
+    merge_commit_sha: Option<String>,
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    html_url: String,
+    user: User,
+    base: BaseRef,
+}
+
+#[derive(Deserialize)]
+struct BaseRef {
+    #[serde(rename = "ref")]
+    git_ref: String,
+}
+
+#[derive(Deserialize)]
+struct DeploymentEvent {
+    action: String,
+    deployment: Deployment,
+    repository: Repository,
+}
+
+#[derive(Deserialize)]
+struct Deployment {
+    id: u64,
+    sha: String,
+    #[serde(rename = "ref", default)]
+    git_ref: String,
+    #[serde(default)]
+    task: Option<String>,
+    environment: String,
+    #[serde(default)]
+    payload: Value,
+    creator: Option<User>,
+    description: Option<String>,
+    created_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct DeploymentStatusPayload {
+    deployment_status: DeploymentStatus,
+    deployment: DeploymentRef,
+    repository: Repository,
+}
+
+#[derive(Deserialize)]
+struct DeploymentRef {
+    id: u64,
+}
+
+#[derive(Deserialize)]
+struct DeploymentStatus {
+    id: u64,
+    state: String,
+    description: Option<String>,
+    log_url: Option<String>,
+    target_url: Option<String>,
+    environment_url: Option<String>,
+    environment: Option<String>,
+    creator: Option<User>,
+    created_at: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Ping {
+    zen: Option<String>,
+}
+
+/// Parses the JSON of one delivery of `event` (the `X-GitHub-Event` header).
+pub fn parse_event(event: &str, json: &[u8]) -> Result<WebhookEvent, EventError> {
+    let bad_json = |source| EventError::Json {
+        event: event.to_owned(),
+        source,
+    };
+    let bad_value = |source| EventError::Value {
+        event: event.to_owned(),
+        source,
+    };
+    match event {
+        "ping" => {
+            let ping: Ping = serde_json::from_slice(json).map_err(bad_json)?;
+            Ok(WebhookEvent::Ping { zen: ping.zen })
+        }
+        "pull_request" => {
+            let e: PullRequestEvent = serde_json::from_slice(json).map_err(bad_json)?;
+            pull_request(e).map_err(bad_value)
+        }
+        "deployment" => {
+            let e: DeploymentEvent = serde_json::from_slice(json).map_err(bad_json)?;
+            deployment(e).map_err(bad_value)
+        }
+        "deployment_status" => {
+            let e: DeploymentStatusPayload = serde_json::from_slice(json).map_err(bad_json)?;
+            deployment_status(e).map_err(bad_value)
+        }
+        other => {
+            // Still insist on JSON, so a garbled body is never answered 2xx.
+            serde_json::from_slice::<serde::de::IgnoredAny>(json).map_err(bad_json)?;
+            Ok(WebhookEvent::Ignored {
+                reason: format!("event {other} is not handled"),
+            })
+        }
+    }
+}
+
+fn pull_request(e: PullRequestEvent) -> Result<WebhookEvent, InvalidValue> {
+    if e.action != "closed" {
+        return Ok(WebhookEvent::Ignored {
+            reason: format!("pull_request action {} is not handled", e.action),
+        });
+    }
+    if e.pull_request.merged != Some(true) {
+        return Ok(WebhookEvent::Ignored {
+            reason: "pull request closed without merging".to_owned(),
+        });
+    }
+    let merge_sha = e
+        .pull_request
+        .merge_commit_sha
+        .as_deref()
+        .ok_or(InvalidValue {
+            what: "pull_request.merge_commit_sha",
+            reason: "missing on a merged pull request",
+        })
+        .and_then(Sha::parse)?;
+    Ok(WebhookEvent::PullRequestMerged(MergedPullRequest {
+        repo: RepoFullName::parse(&e.repository.full_name)?,
+        default_branch: e.repository.default_branch,
+        number: e.pull_request.number,
+        title: e.pull_request.title,
+        html_url: e.pull_request.html_url,
+        author: e.pull_request.user.login,
+        base_branch: BranchName::parse(&e.pull_request.base.git_ref)?,
+        merge_sha,
+    }))
+}
+
+fn deployment(e: DeploymentEvent) -> Result<WebhookEvent, InvalidValue> {
+    if e.action != "created" {
+        return Ok(WebhookEvent::Ignored {
+            reason: format!("deployment action {} is not handled", e.action),
+        });
+    }
+    let d = e.deployment;
+    Ok(WebhookEvent::DeploymentCreated(DeploymentCreated {
+        repo: RepoFullName::parse(&e.repository.full_name)?,
+        id: DeploymentId(d.id),
+        sha: Sha::parse(&d.sha)?,
+        git_ref: d.git_ref,
+        task: d.task.unwrap_or_else(|| "deploy".to_owned()),
+        environment: Environment::parse(&d.environment)?,
+        creator: d.creator.map(|u| u.login),
+        description: d.description,
+        created_at: d.created_at,
+        payload: d.payload,
+    }))
+}
+
+fn deployment_status(e: DeploymentStatusPayload) -> Result<WebhookEvent, InvalidValue> {
+    let s = e.deployment_status;
+    Ok(WebhookEvent::DeploymentStatus(DeploymentStatusEvent {
+        repo: RepoFullName::parse(&e.repository.full_name)?,
+        deployment_id: DeploymentId(e.deployment.id),
+        environment: s
+            .environment
+            .as_deref()
+            .map(Environment::parse)
+            .transpose()?,
+        status: StatusRecord {
+            id: StatusId(s.id),
+            state: DeploymentState::parse(&s.state)?,
+            description: s.description,
+            // `target_url` is the older name of `log_url`.
+            log_url: s.log_url.or(s.target_url).filter(|u| !u.is_empty()),
+            environment_url: s.environment_url.filter(|u| !u.is_empty()),
+            creator: s.creator.map(|u| u.login),
+            created_at: s.created_at,
+        },
+    }))
+}

@@ -1,0 +1,146 @@
+//! The Lambda edge: verify → decode → parse → service → response.
+
+pub mod body;
+pub mod signature;
+
+use std::time::Duration;
+
+use lambda_http::http::{HeaderMap, Method, StatusCode, header};
+use lambda_http::{Body, Request, Response};
+use serde_json::{Value, json};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::domain::ports::{DeployAction, GitHub, Store};
+use crate::domain::types::DeliveryId;
+use crate::domain::{Deadline, Delivery, Outcome, Service};
+use crate::error::AppError;
+use crate::github::events::parse_event;
+use signature::WebhookSecrets;
+
+pub const EVENT_HEADER: &str = "x-github-event";
+pub const DELIVERY_HEADER: &str = "x-github-delivery";
+pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
+
+/// Everything a request needs, built once per cold start.
+pub struct WebhookHandler<S, G, D> {
+    service: Service<S, G, D>,
+    secrets: WebhookSecrets,
+    budget: Duration,
+}
+
+impl<S: Store, G: GitHub, D: DeployAction> WebhookHandler<S, G, D> {
+    pub fn new(service: Service<S, G, D>, secrets: WebhookSecrets, budget: Duration) -> Self {
+        Self {
+            service,
+            secrets,
+            budget,
+        }
+    }
+
+    pub fn service(&self) -> &Service<S, G, D> {
+        &self.service
+    }
+
+    /// Handles one request; never fails: every error becomes a response here.
+    pub async fn handle(&self, request: Request) -> Response<Body> {
+        let deadline = Deadline::after(self.budget);
+        let headers = request.headers();
+        let delivery_header = header_str(headers, DELIVERY_HEADER)
+            .unwrap_or_default()
+            .to_owned();
+        let event_header = header_str(headers, EVENT_HEADER)
+            .unwrap_or_default()
+            .to_owned();
+        // Header values are the caller's; keep what goes into logs short and printable.
+        let span = info_span!(
+            "delivery",
+            delivery_id = %printable(&delivery_header),
+            event = %printable(&event_header),
+        );
+        async move {
+            match self.process(&request, deadline).await {
+                Ok((delivery, outcome)) => {
+                    info!(status = outcome.status(), "delivery handled");
+                    respond(
+                        StatusCode::OK,
+                        json!({ "status": outcome.status(), "delivery": delivery.as_str(), "detail": outcome.detail() }),
+                    )
+                }
+                Err(err) => {
+                    let status = err.status();
+                    if status.is_server_error() {
+                        warn!(error = %err, http_status = status.as_u16(), "delivery failed; it can be redelivered");
+                    } else {
+                        info!(error = %err, http_status = status.as_u16(), "delivery refused");
+                    }
+                    let mut body = json!({ "status": err.kind(), "message": err.public_message() });
+                    if let Ok(id) = DeliveryId::parse(&delivery_header) {
+                        body["delivery"] = Value::String(id.as_str().to_owned());
+                    }
+                    respond(status, body)
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn process(
+        &self,
+        request: &Request,
+        deadline: Deadline,
+    ) -> Result<(DeliveryId, Outcome), AppError> {
+        if request.method() != Method::POST {
+            return Err(AppError::MethodNotAllowed);
+        }
+        let headers = request.headers();
+        let raw_body: &[u8] = request.body().as_ref();
+        // The signature is checked over the raw bytes before anything reads them.
+        self.secrets.verify(
+            headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes()),
+            raw_body,
+        )?;
+
+        let event_name =
+            header_str(headers, EVENT_HEADER).ok_or(AppError::MissingHeader("X-GitHub-Event"))?;
+        let delivery_id = DeliveryId::parse(
+            header_str(headers, DELIVERY_HEADER)
+                .ok_or(AppError::MissingHeader("X-GitHub-Delivery"))?,
+        )?;
+        let json = body::event_json(header_str(headers, header::CONTENT_TYPE.as_str()), raw_body)?;
+        let event = parse_event(event_name.trim(), &json)?;
+
+        let outcome = self
+            .service
+            .handle(
+                Delivery {
+                    id: delivery_id.clone(),
+                    event,
+                },
+                deadline,
+            )
+            .await?;
+        Ok((delivery_id, outcome))
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.trim().is_empty())
+}
+
+fn printable(value: &str) -> String {
+    value.chars().filter(|c| !c.is_control()).take(64).collect()
+}
+
+fn respond(status: StatusCode, body: Value) -> Response<Body> {
+    let mut response = Response::new(Body::Text(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}

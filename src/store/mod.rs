@@ -1,0 +1,3 @@
+//! Storage adapters.
+
+pub mod dynamo;
