@@ -254,7 +254,7 @@ mod tests {
         assert!(Sha::parse(&"a".repeat(40)).is_ok());
         assert!(Sha::parse("abc123").is_err());
         assert!(Sha::parse(&"g".repeat(40)).is_err());
-        assert_eq!(Sha::parse(&"AB".repeat(20)).unwrap().short(), "ababab");
+        assert_eq!(Sha::parse(&"AB".repeat(20)).unwrap().short(), "abababa");
     }
 
     #[test]

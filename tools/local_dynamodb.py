@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""A local DynamoDB-API server for the tests and `make run`: moto's server on 127.0.0.1.
+
+What it adds to moto:
+  * Requests are served one at a time. moto checks a ConditionExpression and then writes with no
+    lock, so two concurrent conditional writes could both succeed; real DynamoDB makes each
+    single-item write atomic. Serializing restores that, so a race the tests find is ours.
+  * GET  /_local/stats         counts of requests by operation (X-Amz-Target); POST resets them.
+  * POST /_local/faults        {"count": N, "kind": "throttle" | "unavailable"}: the next N
+                               DynamoDB requests fail that way (for fault-injection tests).
+  * --exit-with-parent         exits when its stdin closes, so a test process that dies never
+                               leaves a server behind.
+
+Usage: local_dynamodb.py [--port N] [--table NAME ...] [--exit-with-parent]
+Prints "PORT <n>" on stdout once it accepts requests (after creating the tables).
+"""
+import argparse
+import json
+import os
+import sys
+import logging
+import threading
+
+for key, value in {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
+                   "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}.items():
+    os.environ.setdefault(key, value)
+
+
+def make_app():
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    moto_app = DomainDispatcherApplication(create_backend_app)
+    lock = threading.Lock()
+    stats = {}
+    faults = {"count": 0, "kind": "unavailable"}
+
+    def reply(start_response, status, payload, content_type="application/json"):
+        body = json.dumps(payload).encode()
+        start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+        return [body]
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        method = environ["REQUEST_METHOD"]
+        if path == "/_local/stats":
+            with lock:
+                snapshot = dict(stats)
+                if method == "POST":
+                    stats.clear()
+            return reply(start_response, "200 OK", snapshot)
+        if path == "/_local/faults" and method == "POST":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            spec = json.loads(environ["wsgi.input"].read(length) or b"{}")
+            with lock:
+                faults["count"] = int(spec.get("count", 0))
+                faults["kind"] = spec.get("kind", "unavailable")
+            return reply(start_response, "200 OK", faults)
+
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        with lock:
+            op = target.rsplit(".", 1)[-1] if target else ""
+            if op:
+                stats[op] = stats.get(op, 0) + 1
+            if op and faults["count"] > 0:
+                faults["count"] -= 1
+                if faults["kind"] == "throttle":
+                    return reply(start_response, "400 Bad Request", {
+                        "__type": "com.amazonaws.dynamodb.v20120810#ThrottlingException",
+                        "message": "Rate of requests exceeds the allowed throughput."},
+                        "application/x-amz-json-1.0")
+                return reply(start_response, "503 Service Unavailable", {
+                    "__type": "com.amazonaws.dynamodb.v20120810#InternalServerError",
+                    "message": "injected fault"}, "application/x-amz-json-1.0")
+            captured = {}
+
+            def capture(status, headers, exc_info=None):
+                captured["status"], captured["headers"] = status, headers
+                return lambda data: None
+
+            result = moto_app(environ, capture)
+            try:
+                body = b"".join(result)
+            finally:
+                if hasattr(result, "close"):
+                    result.close()
+        start_response(captured["status"], captured["headers"])
+        return [body]
+
+    return app
+
+
+def create_table(endpoint, name):
+    import boto3
+    client = boto3.client("dynamodb", endpoint_url=endpoint)
+    try:
+        client.create_table(
+            TableName=name, BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                  {"AttributeName": "sk", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                       {"AttributeName": "sk", "KeyType": "RANGE"}])
+        client.update_time_to_live(TableName=name, TimeToLiveSpecification={
+            "Enabled": True, "AttributeName": "expires_at"})
+    except client.exceptions.ResourceInUseException:
+        pass
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--table", action="append", default=[])
+    parser.add_argument("--exit-with-parent", action="store_true")
+    args = parser.parse_args()
+
+    from werkzeug.serving import make_server
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = make_server("127.0.0.1", args.port, make_app(), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_port}"
+    for table in args.table:
+        create_table(endpoint, table)
+    print(f"PORT {server.server_port}", flush=True)
+    if args.exit_with_parent:
+        sys.stdin.read()
+        os._exit(0)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
