@@ -6,8 +6,9 @@ What it adds to moto:
     lock, so two concurrent conditional writes could both succeed; real DynamoDB makes each
     single-item write atomic. Serializing restores that, so a race the tests find is ours.
   * GET  /_local/stats         counts of requests by operation (X-Amz-Target); POST resets them.
-  * POST /_local/faults        {"count": N, "kind": "throttle" | "unavailable"}: the next N
-                               DynamoDB requests fail that way (for fault-injection tests).
+  * POST /_local/faults        {"count": N, "kind": "throttle" | "unavailable", "table": T}:
+                               the next N DynamoDB requests on table T (any table if T is
+                               omitted) fail that way, for fault-injection tests.
   * --exit-with-parent         exits when its stdin closes, so a test process that dies never
                                leaves a server behind.
 
@@ -15,6 +16,7 @@ Usage: local_dynamodb.py [--port N] [--table NAME ...] [--exit-with-parent]
 Prints "PORT <n>" on stdout once it accepts requests (after creating the tables).
 """
 import argparse
+import io
 import json
 import os
 import sys
@@ -32,7 +34,7 @@ def make_app():
     moto_app = DomainDispatcherApplication(create_backend_app)
     lock = threading.Lock()
     stats = {}
-    faults = {"count": 0, "kind": "unavailable"}
+    faults = {"count": 0, "kind": "unavailable", "table": None}
 
     def reply(start_response, status, payload, content_type="application/json"):
         body = json.dumps(payload).encode()
@@ -54,14 +56,18 @@ def make_app():
             with lock:
                 faults["count"] = int(spec.get("count", 0))
                 faults["kind"] = spec.get("kind", "unavailable")
+                faults["table"] = spec.get("table")
             return reply(start_response, "200 OK", faults)
 
         target = environ.get("HTTP_X_AMZ_TARGET", "")
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        raw = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(raw)
         with lock:
             op = target.rsplit(".", 1)[-1] if target else ""
             if op:
                 stats[op] = stats.get(op, 0) + 1
-            if op and faults["count"] > 0:
+            if op and faults["count"] > 0 and (faults["table"] is None or table_of(raw) == faults["table"]):
                 faults["count"] -= 1
                 if faults["kind"] == "throttle":
                     return reply(start_response, "400 Bad Request", {
@@ -87,6 +93,13 @@ def make_app():
         return [body]
 
     return app
+
+
+def table_of(raw):
+    try:
+        return json.loads(raw or b"{}").get("TableName")
+    except ValueError:
+        return None
 
 
 def create_table(endpoint, name):

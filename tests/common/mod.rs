@@ -160,11 +160,11 @@ pub fn items_with_sk_prefix<'a>(items: &'a [Item], prefix: &str) -> Vec<&'a Item
         .collect()
 }
 
-/// Makes the local server fail the next `count` requests (`throttle` or `unavailable`).
-pub async fn inject_dynamo_faults(count: u32, kind: &str) {
+/// Makes the local server fail the next `count` requests on `table` (`throttle` or `unavailable`).
+pub async fn inject_dynamo_faults(table: &str, count: u32, kind: &str) {
     reqwest::Client::new()
         .post(format!("{}/_local/faults", dynamo_endpoint()))
-        .json(&json!({"count": count, "kind": kind}))
+        .json(&json!({"count": count, "kind": kind, "table": table}))
         .send()
         .await
         .expect("inject faults");
