@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 //! Merged pull requests become exactly one GitHub deployment per environment, whatever the
 //! redeliveries, duplicate hooks, races and GitHub failures.
 
@@ -460,18 +461,25 @@ async fn dynamodb_unreachable_is_503_and_github_is_not_called() {
 }
 
 #[tokio::test]
-async fn dynamodb_throttling_is_retried_by_the_sdk() {
+async fn dynamodb_faults_are_retried_by_the_sdk_and_lasting_ones_are_503() {
     let app = TestApp::start().await;
     mount_created(&app, 15, 1).await;
+    // More failures than the SDK's attempts: the delivery is refused before any effect.
+    inject_dynamo_faults(&app.table, 5, "unavailable").await;
+    let event = Event::github("pull_request", &new_delivery_id(), &merged_pr(2, "master"));
+    let (status, body) = app.send(&event).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(app.github_calls().await.is_empty());
+    inject_dynamo_faults(&app.table, 0, "unavailable").await;
+
+    // One throttle is absorbed by the SDK's retry.
     inject_dynamo_faults(&app.table, 1, "throttle").await;
-    let (status, body) = app
-        .send(&Event::github(
-            "pull_request",
-            &new_delivery_id(),
-            &merged_pr(2, "master"),
-        ))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let (status, body) = app.send(&event).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("processed")),
+        "{body}"
+    );
 }
 
 #[tokio::test]

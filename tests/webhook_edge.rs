@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
 //! The HTTP edge end to end through the real handler: signatures, headers, bodies, encodings.
 //! Whatever is refused stores nothing and calls nothing.
 

@@ -1,7 +1,7 @@
 //! Test harness: a real local DynamoDB-API server (moto, started once per test binary), a
 //! GitHub stand-in (wiremock) per test, realistic signed API Gateway events, and a `TestApp`
 //! that drives the real handler.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -323,11 +323,13 @@ pub struct TestApp {
     pub table: String,
 }
 
+type SettingsTweak = Box<dyn FnOnce(&mut ServiceSettings)>;
+
 pub struct TestAppBuilder {
     rules: DeployRules,
     targets: DeployTargets,
     retry: RetryPolicy,
-    settings_tweak: Option<Box<dyn FnOnce(&mut ServiceSettings)>>,
+    settings_tweak: Option<SettingsTweak>,
     dynamo_endpoint: Option<String>,
     budget: Duration,
 }
