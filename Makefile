@@ -29,3 +29,46 @@ lint: ## rustfmt and clippy, warnings denied
 .PHONY: test
 test: $(STAMP) lint ## everything CI checks: lint, unit and integration tests
 	cargo test --locked --all-targets
+
+# ---------------------------------------------------------------- running it locally
+
+.PHONY: run
+run: $(STAMP) ## the whole flow locally: sample events through the real function, local DynamoDB and GitHub
+	cargo build --release --locked
+	$(PY) tools/demo.py
+
+.PHONY: events
+events: ## rebuild and re-sign events/*.json from events/payloads/ (secret: $GITHUB_WEBHOOK_SECRET or the sample)
+	python3 tools/events.py
+
+.env:
+	cp .env.example .env
+	@echo "created .env from .env.example"
+
+.PHONY: watch
+watch: $(STAMP) .env ## cargo lambda watch with .env, plus a local DynamoDB and GitHub stand-in
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" tools/watch.sh
+
+.PHONY: invoke
+invoke: $(STAMP) ## send one event to `make watch`: make invoke EVENT=events/ping.json
+	@test -n "$(EVENT)" || { echo "usage: make invoke EVENT=events/<file>.json" >&2; exit 2; }
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cargo lambda invoke deploy-webhook --data-file "$(EVENT)"
+
+# ---------------------------------------------------------------- AWS
+
+.PHONY: build
+build: $(STAMP) ## the arm64 Lambda artifact (target/lambda/deploy-webhook/bootstrap.zip), and its size
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cargo lambda build --release --arm64 --output-format zip --locked
+	@ls -l target/lambda/deploy-webhook/bootstrap.zip | awk '{printf "bootstrap.zip: %.2f MB (%d bytes)\n", $$5/1048576, $$5}'
+
+.PHONY: template-check
+template-check: $(STAMP) ## lint template.yaml offline (cfn-lint and sam validate --lint)
+	$(VENV)/bin/cfn-lint template.yaml
+	AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_ACCESS_KEY_ID=offline AWS_SECRET_ACCESS_KEY=offline \
+	  SAM_CLI_TELEMETRY=0 $(VENV)/bin/sam validate --lint --template-file template.yaml
+
+.PHONY: deploy
+deploy: $(STAMP) ## sam build + sam deploy (guided the first time, when samconfig.toml is missing)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" SAM_CLI_TELEMETRY=0 sam build
+	if [ -f samconfig.toml ]; then PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sam deploy; \
+	else PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sam deploy --guided; fi

@@ -42,25 +42,9 @@ pub async fn aws_config() -> SdkConfig {
 
 pub fn build_handler(config: &Config, sdk: &SdkConfig) -> Result<Handler, InitError> {
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), &config.table);
-    let github = GitHubClient::new(
-        &config.github_api_url,
-        &config.github_token,
-        RetryPolicy::default(),
-    )?;
-    let deployer = HookDeployer::new(
-        config.deploy_targets.clone(),
-        config.webhook_secrets.clone(),
-        config.deploy_hook_timeout,
-    )?;
-    let service = Service::new(
-        store,
-        github,
-        deployer,
-        ServiceSettings::new(config.rules.clone()),
-    );
-    Ok(WebhookHandler::new(
-        service,
-        config.webhook_secrets.clone(),
-        config.delivery_budget,
-    ))
+    let github = GitHubClient::new(&config.github_api_url, &config.github_token, RetryPolicy::default())?;
+    let deployer =
+        HookDeployer::new(config.deploy_targets.clone(), config.webhook_secrets.clone(), config.deploy_hook_timeout)?;
+    let service = Service::new(store, github, deployer, ServiceSettings::new(config.rules.clone()));
+    Ok(WebhookHandler::new(service, config.webhook_secrets.clone(), config.delivery_budget))
 }

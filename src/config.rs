@@ -37,12 +37,7 @@ pub enum ConfigError {
     #[error("DEPLOY_RULES is not valid: {0}")]
     BadRules(#[from] RulesError),
     #[error("{name} must be a whole number of milliseconds between {min} and {max}, got {value:?}")]
-    BadMillis {
-        name: &'static str,
-        value: String,
-        min: u64,
-        max: u64,
-    },
+    BadMillis { name: &'static str, value: String, min: u64, max: u64 },
     #[error("{0} holds characters not allowed in an HTTP header")]
     BadToken(&'static str),
 }
@@ -53,16 +48,13 @@ impl Config {
     }
 
     /// Reads the settings from `vars` (the process environment in production, a list in tests).
-    pub fn from_vars(
-        vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
         let vars: HashMap<String, String> = vars.into_iter().collect();
         let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
 
-        let secrets_raw =
-            get("GITHUB_WEBHOOK_SECRET").ok_or(ConfigError::Missing("GITHUB_WEBHOOK_SECRET"))?;
-        let webhook_secrets = WebhookSecrets::from_list(secrets_raw)
-            .ok_or(ConfigError::EmptySecrets("GITHUB_WEBHOOK_SECRET"))?;
+        let secrets_raw = get("GITHUB_WEBHOOK_SECRET").ok_or(ConfigError::Missing("GITHUB_WEBHOOK_SECRET"))?;
+        let webhook_secrets =
+            WebhookSecrets::from_list(secrets_raw).ok_or(ConfigError::EmptySecrets("GITHUB_WEBHOOK_SECRET"))?;
 
         let token = get("GITHUB_TOKEN").ok_or(ConfigError::Missing("GITHUB_TOKEN"))?;
         if token.chars().any(|c| !c.is_ascii_graphic()) {
@@ -70,15 +62,11 @@ impl Config {
         }
 
         let github_api_url = match get("GITHUB_API_URL") {
-            Some(url) => http_url("GITHUB_API_URL", url)?
-                .trim_end_matches('/')
-                .to_owned(),
+            Some(url) => http_url("GITHUB_API_URL", url)?.trim_end_matches('/').to_owned(),
             None => DEFAULT_GITHUB_API_URL.to_owned(),
         };
 
-        let table = get("DEPLOYMENTS_TABLE")
-            .ok_or(ConfigError::Missing("DEPLOYMENTS_TABLE"))?
-            .to_owned();
+        let table = get("DEPLOYMENTS_TABLE").ok_or(ConfigError::Missing("DEPLOYMENTS_TABLE"))?.to_owned();
 
         let rules = match get("DEPLOY_RULES") {
             Some(raw) => DeployRules::parse(raw)?,
@@ -94,32 +82,16 @@ impl Config {
             if name == "DEPLOY_HOOK_URL" {
                 deploy_targets.default_hook = Some(http_url(name, value)?);
             } else if let Some(env) = name.strip_prefix("DEPLOY_HOOK_URL_") {
-                deploy_targets
-                    .hooks
-                    .insert(env.to_owned(), http_url(name, value)?);
+                deploy_targets.hooks.insert(env.to_owned(), http_url(name, value)?);
             } else if name == "ENVIRONMENT_URL" {
                 deploy_targets.default_environment_url = Some(http_url(name, value)?);
             } else if let Some(env) = name.strip_prefix("ENVIRONMENT_URL_") {
-                deploy_targets
-                    .environment_urls
-                    .insert(env.to_owned(), http_url(name, value)?);
+                deploy_targets.environment_urls.insert(env.to_owned(), http_url(name, value)?);
             }
         }
 
-        let delivery_budget = millis(
-            get("DELIVERY_BUDGET_MS"),
-            "DELIVERY_BUDGET_MS",
-            8_000,
-            1_000,
-            9_500,
-        )?;
-        let deploy_hook_timeout = millis(
-            get("DEPLOY_HOOK_TIMEOUT_MS"),
-            "DEPLOY_HOOK_TIMEOUT_MS",
-            5_000,
-            100,
-            9_000,
-        )?;
+        let delivery_budget = millis(get("DELIVERY_BUDGET_MS"), "DELIVERY_BUDGET_MS", 8_000, 1_000, 9_500)?;
+        let deploy_hook_timeout = millis(get("DEPLOY_HOOK_TIMEOUT_MS"), "DEPLOY_HOOK_TIMEOUT_MS", 5_000, 100, 9_000)?;
 
         Ok(Self {
             webhook_secrets,
@@ -136,34 +108,18 @@ impl Config {
 
 fn http_url(name: &str, value: &str) -> Result<String, ConfigError> {
     match Url::parse(value) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
-            Ok(value.to_owned())
-        }
-        _ => Err(ConfigError::BadUrl {
-            name: name.to_owned(),
-            value: value.to_owned(),
-        }),
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(value.to_owned()),
+        _ => Err(ConfigError::BadUrl { name: name.to_owned(), value: value.to_owned() }),
     }
 }
 
-fn millis(
-    raw: Option<&str>,
-    name: &'static str,
-    default: u64,
-    min: u64,
-    max: u64,
-) -> Result<Duration, ConfigError> {
+fn millis(raw: Option<&str>, name: &'static str, default: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
     let Some(raw) = raw else {
         return Ok(Duration::from_millis(default));
     };
     match raw.parse::<u64>() {
         Ok(ms) if (min..=max).contains(&ms) => Ok(Duration::from_millis(ms)),
-        _ => Err(ConfigError::BadMillis {
-            name,
-            value: raw.to_owned(),
-            min,
-            max,
-        }),
+        _ => Err(ConfigError::BadMillis { name, value: raw.to_owned(), min, max }),
     }
 }
 
@@ -173,17 +129,11 @@ mod tests {
     use secrecy::ExposeSecret;
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
-    const MINIMAL: &[(&str, &str)] = &[
-        ("GITHUB_WEBHOOK_SECRET", "whsec-alpha,whsec-beta"),
-        ("GITHUB_TOKEN", "ghp_x"),
-        ("DEPLOYMENTS_TABLE", "t"),
-    ];
+    const MINIMAL: &[(&str, &str)] =
+        &[("GITHUB_WEBHOOK_SECRET", "whsec-alpha,whsec-beta"), ("GITHUB_TOKEN", "ghp_x"), ("DEPLOYMENTS_TABLE", "t")];
 
     #[test]
     fn minimal_settings_get_defaults() {
@@ -197,10 +147,7 @@ mod tests {
     #[test]
     fn each_missing_setting_is_named() {
         for missing in ["GITHUB_WEBHOOK_SECRET", "GITHUB_TOKEN", "DEPLOYMENTS_TABLE"] {
-            let v: Vec<_> = vars(MINIMAL)
-                .into_iter()
-                .filter(|(k, _)| k != missing)
-                .collect();
+            let v: Vec<_> = vars(MINIMAL).into_iter().filter(|(k, _)| k != missing).collect();
             let err = Config::from_vars(v).unwrap_err().to_string();
             assert!(err.contains(missing), "{err}");
         }
@@ -228,28 +175,20 @@ mod tests {
             ("GITHUB_API_URL", "https://ghe.example.com/api/v3/"),
             ("DEPLOY_RULES", "main=production,release/*=staging"),
             ("DEPLOY_HOOK_URL", "https://deploy.example.com/all"),
-            (
-                "DEPLOY_HOOK_URL_STAGING",
-                "https://deploy.example.com/staging",
-            ),
+            ("DEPLOY_HOOK_URL_STAGING", "https://deploy.example.com/staging"),
             ("ENVIRONMENT_URL_PRODUCTION", "https://example.com"),
         ]));
         let c = Config::from_vars(v).unwrap();
         assert_eq!(c.github_api_url, "https://ghe.example.com/api/v3");
         assert_eq!(c.rules.rules().len(), 2);
         let staging = crate::domain::Environment::parse("staging").unwrap();
+        assert_eq!(c.deploy_targets.hook_for(&staging), Some("https://deploy.example.com/staging"));
         assert_eq!(
-            c.deploy_targets.hook_for(&staging),
-            Some("https://deploy.example.com/staging")
-        );
-        assert_eq!(
-            c.deploy_targets
-                .hook_for(&crate::domain::Environment::production()),
+            c.deploy_targets.hook_for(&crate::domain::Environment::production()),
             Some("https://deploy.example.com/all")
         );
         assert_eq!(
-            c.deploy_targets
-                .environment_url_for(&crate::domain::Environment::production()),
+            c.deploy_targets.environment_url_for(&crate::domain::Environment::production()),
             Some("https://example.com")
         );
     }
@@ -258,9 +197,6 @@ mod tests {
     fn debug_output_never_shows_secrets() {
         let c = Config::from_vars(vars(MINIMAL)).unwrap();
         let shown = format!("{c:?}");
-        assert!(
-            !shown.contains("ghp_x") && !shown.contains("whsec-"),
-            "{shown}"
-        );
+        assert!(!shown.contains("ghp_x") && !shown.contains("whsec-"), "{shown}");
     }
 }

@@ -36,9 +36,7 @@ impl AppError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
             Self::Body(BodyError::UnsupportedContentType(_)) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::MissingHeader(_) | Self::BadHeader(_) | Self::Body(_) | Self::Event(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::MissingHeader(_) | Self::BadHeader(_) | Self::Body(_) | Self::Event(_) => StatusCode::BAD_REQUEST,
             Self::Service(ServiceError::InProgress) => StatusCode::CONFLICT,
             Self::Service(ServiceError::Store(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Service(ServiceError::GitHub(_)) => StatusCode::BAD_GATEWAY,
@@ -50,9 +48,7 @@ impl AppError {
         match self {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Signature(_) => "unauthorized",
-            Self::MissingHeader(_) | Self::BadHeader(_) | Self::Body(_) | Self::Event(_) => {
-                "bad_request"
-            }
+            Self::MissingHeader(_) | Self::BadHeader(_) | Self::Body(_) | Self::Event(_) => "bad_request",
             Self::Service(ServiceError::InProgress) => "in_progress",
             Self::Service(_) => "error",
         }
@@ -62,23 +58,16 @@ impl AppError {
     pub fn public_message(&self) -> String {
         match self {
             // The same words for every signature failure: no hint which part was wrong.
-            Self::Signature(SignatureError::Missing) => {
-                "the X-Hub-Signature-256 header is missing".to_owned()
-            }
-            Self::Signature(_) => {
-                "the signature does not match (check the webhook secret)".to_owned()
-            }
+            Self::Signature(SignatureError::Missing) => "the X-Hub-Signature-256 header is missing".to_owned(),
+            Self::Signature(_) => "the signature does not match (check the webhook secret)".to_owned(),
             Self::Service(ServiceError::InProgress) => {
-                "another attempt is processing this work; redeliver later to see its result"
-                    .to_owned()
+                "another attempt is processing this work; redeliver later to see its result".to_owned()
             }
             Self::Service(ServiceError::Store(_)) => {
                 "the state store is unavailable; nothing was done, redeliver later".to_owned()
             }
             Self::Service(ServiceError::GitHub(GitHubError::Api { status, .. })) => {
-                format!(
-                    "GitHub refused the request ({status}); check the token's access, then redeliver"
-                )
+                format!("GitHub refused the request ({status}); check the token's access, then redeliver")
             }
             Self::Service(ServiceError::GitHub(_)) => {
                 "GitHub is unavailable; the work is not done, redeliver later".to_owned()

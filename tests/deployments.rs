@@ -42,16 +42,11 @@ fn deployment_item(items: &[Item]) -> &Item {
 
 #[tokio::test]
 async fn a_deployment_without_a_hook_reports_in_progress_then_success() {
-    let app = TestApp::builder()
-        .environment_url("https://hello-world.example.com")
-        .start()
-        .await;
+    let app = TestApp::builder().environment_url("https://hello-world.example.com").start().await;
     Mock::given(method("POST"))
         .and(path(statuses_path(DEPLOYMENT_ID)))
         .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
-        .and(body_json(
-            json!({"state": "in_progress", "description": "Deploying f95f852 to production"}),
-        ))
+        .and(body_json(json!({"state": "in_progress", "description": "Deploying f95f852 to production"})))
         .respond_with(status_response(1, "in_progress"))
         .expect(1)
         .mount(&app.github)
@@ -69,30 +64,15 @@ async fn a_deployment_without_a_hook_reports_in_progress_then_success() {
         .await;
 
     let (status, body) = app
-        .send(&Event::github(
-            "deployment",
-            &new_delivery_id(),
-            &deployment_created(DEPLOYMENT_ID, "production"),
-        ))
+        .send(&Event::github("deployment", &new_delivery_id(), &deployment_created(DEPLOYMENT_ID, "production")))
         .await;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (200, Some("processed")),
-        "{body}"
-    );
+    assert_eq!((status, body["status"].as_str()), (200, Some("processed")), "{body}");
     assert_eq!(body["detail"]["state"], "success");
 
     // in_progress strictly before success.
     let calls = app.github.received_requests().await.unwrap();
-    let states: Vec<String> = calls
-        .iter()
-        .map(|r| {
-            r.body_json::<Value>().unwrap()["state"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let states: Vec<String> =
+        calls.iter().map(|r| r.body_json::<Value>().unwrap()["state"].as_str().unwrap().to_owned()).collect();
     assert_eq!(states, ["in_progress", "success"]);
 
     let items = app.items().await;
@@ -101,20 +81,14 @@ async fn a_deployment_without_a_hook_reports_in_progress_then_success() {
     assert_eq!(attr_s(item, "status_state"), Some("success"));
     assert_eq!(attr_n(item, "status_id"), Some(2));
     assert_eq!(attr_s(item, "environment"), Some("production"));
-    assert_eq!(
-        attr_s(item, "sha"),
-        Some("f95f852bd8fca8fcc58a9a2d6c842781e32a215e")
-    );
+    assert_eq!(attr_s(item, "sha"), Some("f95f852bd8fca8fcc58a9a2d6c842781e32a215e"));
     assert!(item.get("run_token").is_none());
 }
 
 #[tokio::test]
 async fn the_deploy_hook_gets_a_signed_description_and_its_answer_decides_the_status() {
     let hook = MockServer::start().await;
-    let app = TestApp::builder()
-        .hook(Some("PRODUCTION"), &format!("{}/deploy", hook.uri()))
-        .start()
-        .await;
+    let app = TestApp::builder().hook(Some("PRODUCTION"), &format!("{}/deploy", hook.uri())).start().await;
     Mock::given(method("POST"))
         .and(path("/deploy"))
         .and(body_partial_json(json!({
@@ -139,63 +113,33 @@ async fn the_deploy_hook_gets_a_signed_description_and_its_answer_decides_the_st
         .await;
 
     let (status, body) = app
-        .send(&Event::github(
-            "deployment",
-            &new_delivery_id(),
-            &deployment_created(DEPLOYMENT_ID, "production"),
-        ))
+        .send(&Event::github("deployment", &new_delivery_id(), &deployment_created(DEPLOYMENT_ID, "production")))
         .await;
     assert_eq!(status, 200, "{body}");
 
     let request = &hook.received_requests().await.unwrap()[0];
-    let signature = request
-        .headers
-        .get("x-hub-signature-256")
-        .unwrap()
-        .to_str()
-        .unwrap();
-    assert_eq!(
-        signature,
-        sign(SECRET, &request.body),
-        "the hook's body is signed with the webhook secret"
-    );
+    let signature = request.headers.get("x-hub-signature-256").unwrap().to_str().unwrap();
+    assert_eq!(signature, sign(SECRET, &request.body), "the hook's body is signed with the webhook secret");
 }
 
 #[tokio::test]
 async fn a_failing_or_unreachable_hook_reports_failure() {
     let hook = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(500))
-        .expect(1)
-        .mount(&hook)
-        .await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(500)).expect(1).mount(&hook).await;
     let app = TestApp::builder().hook(None, &hook.uri()).start().await;
     mount_status(&app, "in_progress", 1, 1).await;
     Mock::given(method("POST"))
         .and(path(statuses_path(DEPLOYMENT_ID)))
-        .and(body_json(
-            json!({"state": "failure", "description": "Deploy hook answered 500"}),
-        ))
+        .and(body_json(json!({"state": "failure", "description": "Deploy hook answered 500"})))
         .respond_with(status_response(2, "failure"))
         .expect(1)
         .mount(&app.github)
         .await;
     let (status, body) = app
-        .send(&Event::github(
-            "deployment",
-            &new_delivery_id(),
-            &deployment_created(DEPLOYMENT_ID, "production"),
-        ))
+        .send(&Event::github("deployment", &new_delivery_id(), &deployment_created(DEPLOYMENT_ID, "production")))
         .await;
-    assert_eq!(
-        (status, body["detail"]["state"].as_str()),
-        (200, Some("failure")),
-        "{body}"
-    );
-    assert_eq!(
-        attr_s(deployment_item(&app.items().await), "run_state"),
-        Some("failure")
-    );
+    assert_eq!((status, body["detail"]["state"].as_str()), (200, Some("failure")), "{body}");
+    assert_eq!(attr_s(deployment_item(&app.items().await), "run_state"), Some("failure"));
 
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let nowhere = format!("http://{}", closed.local_addr().unwrap());
@@ -204,47 +148,23 @@ async fn a_failing_or_unreachable_hook_reports_failure() {
     mount_status(&app, "in_progress", 1, 1).await;
     mount_status(&app, "failure", 2, 1).await;
     let (status, body) = app
-        .send(&Event::github(
-            "deployment",
-            &new_delivery_id(),
-            &deployment_created(DEPLOYMENT_ID, "production"),
-        ))
+        .send(&Event::github("deployment", &new_delivery_id(), &deployment_created(DEPLOYMENT_ID, "production")))
         .await;
-    assert_eq!(
-        (status, body["detail"]["state"].as_str()),
-        (200, Some("failure")),
-        "{body}"
-    );
+    assert_eq!((status, body["detail"]["state"].as_str()), (200, Some("failure")), "{body}");
 }
 
 #[tokio::test]
 async fn deployments_to_environments_we_do_not_manage_are_ignored() {
     let app = TestApp::start().await;
-    let (status, body) = app
-        .send(&Event::github(
-            "deployment",
-            &new_delivery_id(),
-            &deployment_created(DEPLOYMENT_ID, "qa"),
-        ))
-        .await;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (200, Some("ignored")),
-        "{body}"
-    );
+    let (status, body) =
+        app.send(&Event::github("deployment", &new_delivery_id(), &deployment_created(DEPLOYMENT_ID, "qa"))).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ignored")), "{body}");
     assert!(app.github_calls().await.is_empty());
     assert!(app.items().await.is_empty());
 
     // A hook for an environment makes it managed.
-    let app = TestApp::builder()
-        .hook(Some("QA"), "http://127.0.0.1:9/unused")
-        .start()
-        .await;
-    assert!(
-        app.handler
-            .service()
-            .manages(&deploy_webhook::domain::Environment::parse("qa").unwrap())
-    );
+    let app = TestApp::builder().hook(Some("QA"), "http://127.0.0.1:9/unused").start().await;
+    assert!(app.handler.service().manages(&deploy_webhook::domain::Environment::parse("qa").unwrap()));
 }
 
 #[tokio::test]
@@ -256,25 +176,15 @@ async fn a_deployment_event_delivered_twice_or_by_two_hooks_posts_its_statuses_o
     let event = Event::github("deployment", &new_delivery_id(), &payload);
     assert_eq!(app.send(&event).await.1["status"], "processed");
     assert_eq!(app.send(&event).await.1["status"], "duplicate");
-    let (status, body) = app
-        .send(&Event::github("deployment", &new_delivery_id(), &payload))
-        .await;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (200, Some("duplicate")),
-        "{body}"
-    );
+    let (status, body) = app.send(&Event::github("deployment", &new_delivery_id(), &payload)).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("duplicate")), "{body}");
     assert_eq!(body["detail"]["state"], "success");
 }
 
 #[tokio::test]
 async fn github_failing_on_the_final_status_is_5xx_and_the_retry_does_not_rerun_the_deploy() {
     let hook = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .expect(1)
-        .mount(&hook)
-        .await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).expect(1).mount(&hook).await;
     let app = TestApp::builder().hook(None, &hook.uri()).start().await;
     mount_status(&app, "in_progress", 1, 1).await;
     let down = Mock::given(method("POST"))
@@ -290,22 +200,14 @@ async fn github_failing_on_the_final_status_is_5xx_and_the_retry_does_not_rerun_
         ])))
         .mount(&app.github)
         .await;
-    let event = Event::github(
-        "deployment",
-        &new_delivery_id(),
-        &deployment_created(DEPLOYMENT_ID, "production"),
-    );
+    let event = Event::github("deployment", &new_delivery_id(), &deployment_created(DEPLOYMENT_ID, "production"));
     let (status, body) = app.send(&event).await;
     assert_eq!(status, 502, "{body}");
     drop(down);
 
     mount_status(&app, "success", 2, 1).await;
     let (status, body) = app.send(&event).await;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (200, Some("processed")),
-        "{body}"
-    );
+    assert_eq!((status, body["status"].as_str()), (200, Some("processed")), "{body}");
     // The hook ran once (checked by its expect(1)); in_progress was posted once.
     let posts: Vec<String> = app
         .github
@@ -314,18 +216,9 @@ async fn github_failing_on_the_final_status_is_5xx_and_the_retry_does_not_rerun_
         .unwrap()
         .iter()
         .filter(|r| r.method.as_str() == "POST")
-        .map(|r| {
-            r.body_json::<Value>().unwrap()["state"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+        .map(|r| r.body_json::<Value>().unwrap()["state"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(
-        posts.iter().filter(|s| *s == "in_progress").count(),
-        1,
-        "{posts:?}"
-    );
+    assert_eq!(posts.iter().filter(|s| *s == "in_progress").count(), 1, "{posts:?}");
 }
 
 #[tokio::test]
@@ -341,12 +234,7 @@ async fn a_retry_after_a_crash_does_not_post_in_progress_twice() {
         panic!("not a deployment");
     };
     // An earlier attempt claimed the run, posted in_progress and died.
-    app.handler
-        .service()
-        .store()
-        .claim_deployment_run(&d, Duration::ZERO)
-        .await
-        .unwrap();
+    app.handler.service().store().claim_deployment_run(&d, Duration::ZERO).await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
     Mock::given(method("GET"))
         .and(path(statuses_path(DEPLOYMENT_ID)))
@@ -358,14 +246,8 @@ async fn a_retry_after_a_crash_does_not_post_in_progress_twice() {
         .await;
     mount_status(&app, "in_progress", 9, 0).await;
     mount_status(&app, "success", 2, 1).await;
-    let (status, body) = app
-        .send(&Event::github("deployment", &new_delivery_id(), &payload))
-        .await;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (200, Some("processed")),
-        "{body}"
-    );
+    let (status, body) = app.send(&Event::github("deployment", &new_delivery_id(), &payload)).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("processed")), "{body}");
 }
 
 #[tokio::test]
@@ -374,30 +256,13 @@ async fn deployment_statuses_are_recorded_and_an_older_one_never_overwrites_a_ne
     let newer = deployment_status(DEPLOYMENT_ID, 200, "success");
     let older = deployment_status(DEPLOYMENT_ID, 100, "in_progress");
 
-    let (status, body) = app
-        .send(&Event::github(
-            "deployment_status",
-            &new_delivery_id(),
-            &newer,
-        ))
-        .await;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (200, Some("processed")),
-        "{body}"
-    );
-    let (status, body) = app
-        .send(&Event::github(
-            "deployment_status",
-            &new_delivery_id(),
-            &older,
-        ))
-        .await;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (200, Some("stale")),
-        "{body}"
-    );
+    let (status, body) = app.send(&Event::github("deployment_status", &new_delivery_id(), &newer)).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("processed")), "{body}");
+    let (status, body) = app.send(&Event::github("deployment_status", &new_delivery_id(), &older)).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("stale")), "{body}");
+    // The same status again (a redelivery, or our own status echoed back) is a harmless no-op.
+    let (status, body) = app.send(&Event::github("deployment_status", &new_delivery_id(), &newer)).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("processed")), "{body}");
 
     let items = app.items().await;
     let item = deployment_item(&items);
@@ -406,33 +271,15 @@ async fn deployment_statuses_are_recorded_and_an_older_one_never_overwrites_a_ne
     assert_eq!(attr_s(item, "status_creator"), Some("Codertocat"));
     assert!(attr_s(item, "status_created_at").is_some());
     assert_eq!(attr_s(item, "environment"), Some("production"));
-    assert!(
-        app.github_calls().await.is_empty(),
-        "recording a status calls no one"
-    );
+    assert!(app.github_calls().await.is_empty(), "recording a status calls no one");
 
     let mut failure = deployment_status(DEPLOYMENT_ID, 300, "failure");
     failure["deployment_status"]["description"] = json!("Deploy failed: 3 tests");
     failure["deployment_status"]["log_url"] = json!("https://ci.example.com/runs/3");
-    assert_eq!(
-        app.send(&Event::github(
-            "deployment_status",
-            &new_delivery_id(),
-            &failure
-        ))
-        .await
-        .0,
-        200
-    );
+    assert_eq!(app.send(&Event::github("deployment_status", &new_delivery_id(), &failure)).await.0, 200);
     let items = app.items().await;
     let item = deployment_item(&items);
     assert_eq!(attr_s(item, "status_state"), Some("failure"));
-    assert_eq!(
-        attr_s(item, "status_description"),
-        Some("Deploy failed: 3 tests")
-    );
-    assert_eq!(
-        attr_s(item, "status_log_url"),
-        Some("https://ci.example.com/runs/3")
-    );
+    assert_eq!(attr_s(item, "status_description"), Some("Deploy failed: 3 tests"));
+    assert_eq!(attr_s(item, "status_log_url"), Some("https://ci.example.com/runs/3"));
 }

@@ -57,46 +57,26 @@ async fn a_merged_pr_creates_one_deployment_of_the_merge_commit_with_the_exact_r
         .mount(&app.github)
         .await;
 
-    let (status, body) = app
-        .send(&Event::github(
-            "pull_request",
-            &delivery,
-            &merged_pr(2, "master"),
-        ))
-        .await;
+    let (status, body) = app.send(&Event::github("pull_request", &delivery, &merged_pr(2, "master"))).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "processed");
     assert_eq!(body["detail"]["deployments"][0]["deployment_id"], 145988746);
     assert_eq!(body["detail"]["deployments"][0]["result"], "created");
 
     let requests = app.github.received_requests().await.unwrap();
-    assert!(
-        requests[0]
-            .headers
-            .get("user-agent")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .starts_with("deploy-webhook/")
-    );
+    assert!(requests[0].headers.get("user-agent").unwrap().to_str().unwrap().starts_with("deploy-webhook/"));
 
     let items = app.items().await;
     let creation = creation_items(&items);
     assert_eq!(creation.len(), 1);
-    assert_eq!(
-        attr_s(creation[0], "pk"),
-        Some("REPO#codertocat/hello-world")
-    );
+    assert_eq!(attr_s(creation[0], "pk"), Some("REPO#codertocat/hello-world"));
     assert_eq!(attr_s(creation[0], "state"), Some("created"));
     assert_eq!(attr_n(creation[0], "deployment_id"), Some(145988746));
     assert_eq!(attr_s(creation[0], "sha"), Some(SHA));
     let deliveries = items_with_sk_prefix(&items, "DELIVERY");
     assert_eq!(deliveries.len(), 1);
     assert_eq!(attr_s(deliveries[0], "state"), Some("done"));
-    assert!(
-        attr_n(deliveries[0], "expires_at").is_some(),
-        "delivery records expire through TTL"
-    );
+    assert!(attr_n(deliveries[0], "expires_at").is_some(), "delivery records expire through TTL");
 }
 
 #[tokio::test]
@@ -112,58 +92,34 @@ async fn a_pr_from_a_fork_deploys_the_merge_commit_on_the_base_repository() {
         .expect(1)
         .mount(&app.github)
         .await;
-    let (status, _) = app
-        .send(&Event::github("pull_request", &new_delivery_id(), &payload))
-        .await;
+    let (status, _) = app.send(&Event::github("pull_request", &new_delivery_id(), &payload)).await;
     assert_eq!(status, 200);
 }
 
 #[tokio::test]
 async fn rules_choose_environments_and_long_titles_are_cut_to_140_characters() {
-    let app = TestApp::builder()
-        .rules("master=production,master=audit,release/*=staging")
-        .start()
-        .await;
+    let app = TestApp::builder().rules("master=production,master=audit,release/*=staging").start().await;
     Mock::given(method("POST"))
         .and(path(deployments_path()))
-        .and(wiremock::matchers::body_partial_json(
-            json!({"environment": "staging", "production_environment": false}),
-        ))
+        .and(wiremock::matchers::body_partial_json(json!({"environment": "staging", "production_environment": false})))
         .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 30})))
         .expect(1)
         .mount(&app.github)
         .await;
     let mut payload = merged_pr(3, "release/1.0");
     payload["pull_request"]["title"] = json!("ü".repeat(300));
-    let (status, body) = app
-        .send(&Event::github("pull_request", &new_delivery_id(), &payload))
-        .await;
+    let (status, body) = app.send(&Event::github("pull_request", &new_delivery_id(), &payload)).await;
     assert_eq!(status, 200, "{body}");
-    let sent: Value = app.github.received_requests().await.unwrap()[0]
-        .body_json()
-        .unwrap();
+    let sent: Value = app.github.received_requests().await.unwrap()[0].body_json().unwrap();
     assert_eq!(sent["description"].as_str().unwrap().chars().count(), 140);
 
     // Two rules for one branch: one deployment for each environment.
-    let app = TestApp::builder()
-        .rules("master=production,master=audit")
-        .start()
-        .await;
+    let app = TestApp::builder().rules("master=production,master=audit").start().await;
     mount_created(&app, 40, 2).await;
-    let (status, body) = app
-        .send(&Event::github(
-            "pull_request",
-            &new_delivery_id(),
-            &merged_pr(4, "master"),
-        ))
-        .await;
+    let (status, body) = app.send(&Event::github("pull_request", &new_delivery_id(), &merged_pr(4, "master"))).await;
     assert_eq!(status, 200);
-    let envs: Vec<&str> = body["detail"]["deployments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["environment"].as_str().unwrap())
-        .collect();
+    let envs: Vec<&str> =
+        body["detail"]["deployments"].as_array().unwrap().iter().map(|d| d["environment"].as_str().unwrap()).collect();
     assert_eq!(envs, ["production", "audit"]);
 }
 
@@ -175,12 +131,7 @@ async fn the_same_delivery_twice_creates_one_deployment() {
     assert_eq!(app.send(&event).await.1["status"], "processed");
     let (status, body) = app.send(&event).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("duplicate")));
-    assert!(
-        body["detail"]["recorded"]
-            .as_str()
-            .unwrap()
-            .contains("processed")
-    );
+    assert!(body["detail"]["recorded"].as_str().unwrap().contains("processed"));
 }
 
 #[tokio::test]
@@ -192,15 +143,8 @@ async fn two_deliveries_of_one_merge_create_one_deployment() {
     let second = Event::github("pull_request", &new_delivery_id(), &merged_pr(2, "master"));
     assert_eq!(app.send(&first).await.1["status"], "processed");
     let (status, body) = app.send(&second).await;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (200, Some("duplicate")),
-        "{body}"
-    );
-    assert_eq!(
-        body["detail"]["deployments"][0]["result"],
-        "already_created"
-    );
+    assert_eq!((status, body["status"].as_str()), (200, Some("duplicate")), "{body}");
+    assert_eq!(body["detail"]["deployments"][0]["result"], "already_created");
     assert_eq!(body["detail"]["deployments"][0]["deployment_id"], 9);
     assert_eq!(creation_items(&app.items().await).len(), 1);
 }
@@ -211,11 +155,7 @@ async fn concurrent_deliveries_of_one_merge_create_one_deployment() {
     // A slow GitHub keeps the first claim busy while the others arrive.
     Mock::given(method("POST"))
         .and(path(deployments_path()))
-        .respond_with(
-            ResponseTemplate::new(201)
-                .set_body_json(json!({"id": 77}))
-                .set_delay(Duration::from_millis(400)),
-        )
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 77})).set_delay(Duration::from_millis(400)))
         .expect(1)
         .mount(&app.github)
         .await;
@@ -238,16 +178,8 @@ async fn concurrent_deliveries_of_one_merge_create_one_deployment() {
         assert_eq!(body["detail"]["deployments"][0]["deployment_id"], 77);
         statuses.push(body["status"].as_str().unwrap().to_owned());
     }
-    assert_eq!(
-        statuses.iter().filter(|s| *s == "processed").count(),
-        1,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| *s == "duplicate").count(),
-        7,
-        "{statuses:?}"
-    );
+    assert_eq!(statuses.iter().filter(|s| *s == "processed").count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| *s == "duplicate").count(), 7, "{statuses:?}");
     assert_eq!(creation_items(&app.items().await).len(), 1);
 }
 
@@ -272,18 +204,8 @@ async fn a_502_then_201_is_retried_within_the_delivery_without_a_duplicate() {
         .expect(1)
         .mount(&app.github)
         .await;
-    let (status, body) = app
-        .send(&Event::github(
-            "pull_request",
-            &new_delivery_id(),
-            &merged_pr(2, "master"),
-        ))
-        .await;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (200, Some("processed")),
-        "{body}"
-    );
+    let (status, body) = app.send(&Event::github("pull_request", &new_delivery_id(), &merged_pr(2, "master"))).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("processed")), "{body}");
 }
 
 #[tokio::test]
@@ -300,11 +222,7 @@ async fn a_timed_out_post_that_github_applied_is_found_not_repeated() {
     // GitHub creates the deployment but its answer comes too late.
     Mock::given(method("POST"))
         .and(path(deployments_path()))
-        .respond_with(
-            ResponseTemplate::new(201)
-                .set_body_json(json!({"id": 21}))
-                .set_delay(Duration::from_secs(2)),
-        )
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 21})).set_delay(Duration::from_secs(2)))
         .expect(1)
         .mount(&app.github)
         .await;
@@ -317,13 +235,7 @@ async fn a_timed_out_post_that_github_applied_is_found_not_repeated() {
         .expect(1)
         .mount(&app.github)
         .await;
-    let (status, body) = app
-        .send(&Event::github(
-            "pull_request",
-            &new_delivery_id(),
-            &merged_pr(2, "master"),
-        ))
-        .await;
+    let (status, body) = app.send(&Event::github("pull_request", &new_delivery_id(), &merged_pr(2, "master"))).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["detail"]["deployments"][0]["deployment_id"], 21);
 }
@@ -344,31 +256,11 @@ async fn a_rate_limit_with_retry_after_is_waited_out() {
         .await;
     mount_created(&app, 13, 1).await;
     let started = Instant::now();
-    let (status, body) = app
-        .send(&Event::github(
-            "pull_request",
-            &new_delivery_id(),
-            &merged_pr(2, "master"),
-        ))
-        .await;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (200, Some("processed")),
-        "{body}"
-    );
-    assert!(
-        started.elapsed() >= Duration::from_secs(1),
-        "Retry-After was not honoured"
-    );
+    let (status, body) = app.send(&Event::github("pull_request", &new_delivery_id(), &merged_pr(2, "master"))).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("processed")), "{body}");
+    assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After was not honoured");
     // A rate-limited request was not applied, so no lookup was needed.
-    assert_eq!(
-        app.github_calls()
-            .await
-            .iter()
-            .filter(|(m, _)| m == "GET")
-            .count(),
-        0
-    );
+    assert_eq!(app.github_calls().await.iter().filter(|(m, _)| m == "GET").count(), 0);
 }
 
 #[tokio::test]
@@ -381,13 +273,7 @@ async fn a_rate_limit_longer_than_the_budget_fails_fast_with_5xx() {
         .mount(&app.github)
         .await;
     let started = Instant::now();
-    let (status, _) = app
-        .send(&Event::github(
-            "pull_request",
-            &new_delivery_id(),
-            &merged_pr(2, "master"),
-        ))
-        .await;
+    let (status, _) = app.send(&Event::github("pull_request", &new_delivery_id(), &merged_pr(2, "master"))).await;
     assert_eq!(status, 502);
     assert!(started.elapsed() < Duration::from_secs(3));
 }
@@ -407,35 +293,18 @@ async fn github_down_is_5xx_then_a_redelivery_creates_exactly_one_deployment() {
         .await;
     let event = Event::github("pull_request", &new_delivery_id(), &merged_pr(2, "master"));
     let (status, body) = app.send(&event).await;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (502, Some("error")),
-        "{body}"
-    );
-    assert!(
-        !body["message"].as_str().unwrap().contains("503"),
-        "internal detail leaked: {body}"
-    );
+    assert_eq!((status, body["status"].as_str()), (502, Some("error")), "{body}");
+    assert!(!body["message"].as_str().unwrap().contains("503"), "internal detail leaked: {body}");
     let items = app.items().await;
-    assert_eq!(
-        attr_s(items_with_sk_prefix(&items, "DELIVERY")[0], "state"),
-        Some("failed")
-    );
+    assert_eq!(attr_s(items_with_sk_prefix(&items, "DELIVERY")[0], "state"), Some("failed"));
     drop(down);
 
     mount_created(&app, 14, 1).await;
     let (status, body) = app.send(&event).await;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (200, Some("processed")),
-        "{body}"
-    );
+    assert_eq!((status, body["status"].as_str()), (200, Some("processed")), "{body}");
     let items = app.items().await;
     assert_eq!(attr_s(creation_items(&items)[0], "state"), Some("created"));
-    assert_eq!(
-        attr_s(items_with_sk_prefix(&items, "DELIVERY")[0], "state"),
-        Some("done")
-    );
+    assert_eq!(attr_s(items_with_sk_prefix(&items, "DELIVERY")[0], "state"), Some("done"));
 }
 
 #[tokio::test]
@@ -445,18 +314,8 @@ async fn dynamodb_unreachable_is_503_and_github_is_not_called() {
     let endpoint = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
     let app = TestApp::builder().dynamo_endpoint(&endpoint).start().await;
-    let (status, body) = app
-        .send(&Event::github(
-            "pull_request",
-            &new_delivery_id(),
-            &merged_pr(2, "master"),
-        ))
-        .await;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (503, Some("error")),
-        "{body}"
-    );
+    let (status, body) = app.send(&Event::github("pull_request", &new_delivery_id(), &merged_pr(2, "master"))).await;
+    assert_eq!((status, body["status"].as_str()), (503, Some("error")), "{body}");
     assert!(app.github_calls().await.is_empty());
 }
 
@@ -475,11 +334,7 @@ async fn dynamodb_faults_are_retried_by_the_sdk_and_lasting_ones_are_503() {
     // One throttle is absorbed by the SDK's retry.
     inject_dynamo_faults(&app.table, 1, "throttle").await;
     let (status, body) = app.send(&event).await;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (200, Some("processed")),
-        "{body}"
-    );
+    assert_eq!((status, body["status"].as_str()), (200, Some("processed")), "{body}");
 }
 
 #[tokio::test]
@@ -495,35 +350,16 @@ async fn conflicts_and_validation_errors_are_recorded_as_rejected_with_githubs_m
         .await;
     let event = Event::github("pull_request", &new_delivery_id(), &merged_pr(2, "master"));
     let (status, body) = app.send(&event).await;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (200, Some("rejected")),
-        "{body}"
-    );
+    assert_eq!((status, body["status"].as_str()), (200, Some("rejected")), "{body}");
     assert_eq!(body["detail"]["deployments"][0]["github_status"], 409);
-    assert!(
-        body["detail"]["deployments"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("status checks failed")
-    );
+    assert!(body["detail"]["deployments"][0]["message"].as_str().unwrap().contains("status checks failed"));
     let items = app.items().await;
     let creation = creation_items(&items);
     assert_eq!(attr_s(creation[0], "state"), Some("rejected"));
-    assert!(
-        attr_s(creation[0], "message")
-            .unwrap()
-            .contains("status checks failed")
-    );
+    assert!(attr_s(creation[0], "message").unwrap().contains("status checks failed"));
 
     // Another delivery of the same merge gets the recorded answer, without asking GitHub again.
-    let (status, body) = app
-        .send(&Event::github(
-            "pull_request",
-            &new_delivery_id(),
-            &merged_pr(2, "master"),
-        ))
-        .await;
+    let (status, body) = app.send(&Event::github("pull_request", &new_delivery_id(), &merged_pr(2, "master"))).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("rejected")));
 
     let app = TestApp::start().await;
@@ -536,22 +372,9 @@ async fn conflicts_and_validation_errors_are_recorded_as_rejected_with_githubs_m
         .expect(1)
         .mount(&app.github)
         .await;
-    let (status, body) = app
-        .send(&Event::github(
-            "pull_request",
-            &new_delivery_id(),
-            &merged_pr(2, "master"),
-        ))
-        .await;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (200, Some("rejected")),
-        "{body}"
-    );
-    assert_eq!(
-        body["detail"]["deployments"][0]["message"],
-        "Validation Failed: No ref found"
-    );
+    let (status, body) = app.send(&Event::github("pull_request", &new_delivery_id(), &merged_pr(2, "master"))).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("rejected")), "{body}");
+    assert_eq!(body["detail"]["deployments"][0]["message"], "Validation Failed: No ref found");
 }
 
 #[tokio::test]
@@ -559,24 +382,13 @@ async fn a_bad_token_is_a_5xx_that_says_to_check_access() {
     let app = TestApp::start().await;
     Mock::given(method("POST"))
         .and(path(deployments_path()))
-        .respond_with(
-            ResponseTemplate::new(401).set_body_json(json!({"message": "Bad credentials"})),
-        )
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({"message": "Bad credentials"})))
         .expect(1)
         .mount(&app.github)
         .await;
-    let (status, body) = app
-        .send(&Event::github(
-            "pull_request",
-            &new_delivery_id(),
-            &merged_pr(2, "master"),
-        ))
-        .await;
+    let (status, body) = app.send(&Event::github("pull_request", &new_delivery_id(), &merged_pr(2, "master"))).await;
     assert_eq!(status, 502);
-    assert!(
-        body["message"].as_str().unwrap().contains("token"),
-        "{body}"
-    );
+    assert!(body["message"].as_str().unwrap().contains("token"), "{body}");
 }
 
 #[tokio::test]
@@ -587,16 +399,10 @@ async fn a_retry_after_a_crash_finds_the_deployment_instead_of_creating_another(
     let app = TestApp::start().await;
     // An earlier attempt claimed the creation, created the deployment, and died before recording
     // it: its claim is there with a lease that has run out.
-    let key = CreationKey {
-        repo: RepoFullName::parse(REPO).unwrap(),
-        pr_number: 2,
-        environment: Environment::production(),
-    };
+    let key =
+        CreationKey { repo: RepoFullName::parse(REPO).unwrap(), pr_number: 2, environment: Environment::production() };
     let store = app.handler.service().store();
-    let claim = store
-        .claim_deployment_creation(&key, &Sha::parse(SHA).unwrap(), Duration::ZERO)
-        .await
-        .unwrap();
+    let claim = store.claim_deployment_creation(&key, &Sha::parse(SHA).unwrap(), Duration::ZERO).await.unwrap();
     assert!(matches!(claim, Claim::Acquired(_, ())));
     tokio::time::sleep(Duration::from_millis(5)).await;
 
@@ -610,13 +416,7 @@ async fn a_retry_after_a_crash_finds_the_deployment_instead_of_creating_another(
         .mount(&app.github)
         .await;
     mount_created(&app, 99, 0).await;
-    let (status, body) = app
-        .send(&Event::github(
-            "pull_request",
-            &new_delivery_id(),
-            &merged_pr(2, "master"),
-        ))
-        .await;
+    let (status, body) = app.send(&Event::github("pull_request", &new_delivery_id(), &merged_pr(2, "master"))).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["detail"]["deployments"][0]["deployment_id"], 31);
     let items = app.items().await;
@@ -634,29 +434,16 @@ async fn a_live_claim_held_by_another_attempt_answers_409_in_progress() {
         })
         .start()
         .await;
-    let key = CreationKey {
-        repo: RepoFullName::parse(REPO).unwrap(),
-        pr_number: 2,
-        environment: Environment::production(),
-    };
+    let key =
+        CreationKey { repo: RepoFullName::parse(REPO).unwrap(), pr_number: 2, environment: Environment::production() };
     let store = app.handler.service().store();
-    store
-        .claim_deployment_creation(&key, &Sha::parse(SHA).unwrap(), Duration::from_secs(60))
-        .await
-        .unwrap();
+    store.claim_deployment_creation(&key, &Sha::parse(SHA).unwrap(), Duration::from_secs(60)).await.unwrap();
 
     let event = Event::github("pull_request", &new_delivery_id(), &merged_pr(2, "master"));
     let (status, body) = app.send(&event).await;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (409, Some("in_progress")),
-        "{body}"
-    );
+    assert_eq!((status, body["status"].as_str()), (409, Some("in_progress")), "{body}");
     assert!(app.github_calls().await.is_empty());
     // The delivery is free for a redelivery.
     let items = app.items().await;
-    assert_eq!(
-        attr_s(items_with_sk_prefix(&items, "DELIVERY")[0], "state"),
-        Some("failed")
-    );
+    assert_eq!(attr_s(items_with_sk_prefix(&items, "DELIVERY")[0], "state"), Some("failed"));
 }

@@ -18,9 +18,7 @@ async fn assert_nothing_happened(app: &TestApp) {
 async fn ping_answers_pong_without_storing_anything() {
     let app = TestApp::start().await;
     let delivery = new_delivery_id();
-    let (status, body) = app
-        .send(&Event::github("ping", &delivery, &fixture("ping")))
-        .await;
+    let (status, body) = app.send(&Event::github("ping", &delivery, &fixture("ping"))).await;
     assert_eq!(status, 200);
     assert_eq!(body["status"], "pong");
     assert_eq!(body["delivery"], delivery);
@@ -35,10 +33,7 @@ async fn a_wrong_or_missing_signature_is_401_and_nothing_is_done() {
     let mut wrong_secret = Event::github("pull_request", &new_delivery_id(), &payload);
     wrong_secret.resign("not-the-secret");
     let (status, body) = app.send(&wrong_secret).await;
-    assert_eq!(
-        (status, body["status"].as_str()),
-        (401, Some("unauthorized"))
-    );
+    assert_eq!((status, body["status"].as_str()), (401, Some("unauthorized")));
 
     let mut tampered = Event::github("pull_request", &new_delivery_id(), &payload);
     tampered.body.extend_from_slice(b" ");
@@ -48,12 +43,7 @@ async fn a_wrong_or_missing_signature_is_401_and_nothing_is_done() {
     missing.remove("x-hub-signature-256");
     let (status, body) = app.send(&missing).await;
     assert_eq!(status, 401);
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("X-Hub-Signature-256")
-    );
+    assert!(body["message"].as_str().unwrap().contains("X-Hub-Signature-256"));
 
     let mut sha1_only = Event::github("pull_request", &new_delivery_id(), &payload);
     sha1_only.set("x-hub-signature-256", "sha1=0000");
@@ -69,11 +59,7 @@ async fn headers_are_matched_case_insensitively() {
     // REST API (v1) events keep the sender's spelling.
     for name in ["x-github-event", "x-github-delivery", "x-hub-signature-256"] {
         let value = event.headers.remove(name).unwrap();
-        let upper = name
-            .split('-')
-            .map(|p| p[..1].to_uppercase() + &p[1..])
-            .collect::<Vec<_>>()
-            .join("-");
+        let upper = name.split('-').map(|p| p[..1].to_uppercase() + &p[1..]).collect::<Vec<_>>().join("-");
         event.headers.insert(upper, value);
     }
     assert_eq!(app.send(&event).await.0, 200);
@@ -111,32 +97,19 @@ async fn malformed_json_with_a_valid_signature_is_400_saying_what_is_wrong() {
     event.resign(SECRET);
     let (status, body) = app.send(&event).await;
     assert_eq!(status, 400);
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("pull_request payload is not valid"),
-        "{body}"
-    );
+    assert!(body["message"].as_str().unwrap().contains("pull_request payload is not valid"), "{body}");
 
     // Valid JSON, wrong type in a known field.
     let mut payload = merged_pr(2, "master");
     payload["pull_request"]["number"] = json!("two");
-    let (status, body) = app
-        .send(&Event::github("pull_request", &new_delivery_id(), &payload))
-        .await;
+    let (status, body) = app.send(&Event::github("pull_request", &new_delivery_id(), &payload)).await;
     assert_eq!(status, 400);
-    assert!(
-        body["message"].as_str().unwrap().contains("invalid type"),
-        "{body}"
-    );
+    assert!(body["message"].as_str().unwrap().contains("invalid type"), "{body}");
 
     // A merged PR without a usable merge commit.
     let mut payload = merged_pr(2, "master");
     payload["pull_request"]["merge_commit_sha"] = json!("abc");
-    let (status, body) = app
-        .send(&Event::github("pull_request", &new_delivery_id(), &payload))
-        .await;
+    let (status, body) = app.send(&Event::github("pull_request", &new_delivery_id(), &payload)).await;
     assert_eq!(status, 400);
     assert!(body["message"].as_str().unwrap().contains("sha"), "{body}");
 
@@ -170,8 +143,7 @@ async fn form_encoded_and_base64_bodies_work() {
         .mount(&app.github)
         .await;
 
-    let form =
-        Event::github("pull_request", &new_delivery_id(), &merged_pr(2, "master")).form_encoded();
+    let form = Event::github("pull_request", &new_delivery_id(), &merged_pr(2, "master")).form_encoded();
     let (status, body) = app.send(&form).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "processed");
@@ -183,8 +155,7 @@ async fn form_encoded_and_base64_bodies_work() {
     assert_eq!(body["status"], "processed");
 
     // A form body whose signature is over something else is refused.
-    let mut forged =
-        Event::github("pull_request", &new_delivery_id(), &merged_pr(4, "master")).form_encoded();
+    let mut forged = Event::github("pull_request", &new_delivery_id(), &merged_pr(4, "master")).form_encoded();
     forged.body.extend_from_slice(b"&x=1");
     assert_eq!(app.send(&forged).await.0, 401);
 }
@@ -203,14 +174,8 @@ async fn events_and_actions_we_do_not_handle_are_ignored_with_2xx() {
         ("pull_request", merged_pr(2, "feature/no-rule")),
     ];
     for (event, payload) in cases {
-        let (status, body) = app
-            .send(&Event::github(event, &new_delivery_id(), &payload))
-            .await;
-        assert_eq!(
-            (status, body["status"].as_str()),
-            (200, Some("ignored")),
-            "{body}"
-        );
+        let (status, body) = app.send(&Event::github(event, &new_delivery_id(), &payload)).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("ignored")), "{body}");
         assert!(body["detail"]["reason"].is_string());
     }
     assert_nothing_happened(&app).await;

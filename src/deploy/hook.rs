@@ -31,10 +31,7 @@ pub struct DeployTargets {
 
 impl DeployTargets {
     pub fn hook_for(&self, environment: &Environment) -> Option<&str> {
-        self.hooks
-            .get(&environment.env_var_suffix())
-            .or(self.default_hook.as_ref())
-            .map(String::as_str)
+        self.hooks.get(&environment.env_var_suffix()).or(self.default_hook.as_ref()).map(String::as_str)
     }
 
     pub fn environment_url_for(&self, environment: &Environment) -> Option<&str> {
@@ -53,21 +50,12 @@ pub struct HookDeployer {
 }
 
 impl HookDeployer {
-    pub fn new(
-        targets: DeployTargets,
-        secrets: WebhookSecrets,
-        timeout: Duration,
-    ) -> Result<Self, reqwest::Error> {
+    pub fn new(targets: DeployTargets, secrets: WebhookSecrets, timeout: Duration) -> Result<Self, reqwest::Error> {
         let http = Client::builder()
             .user_agent(concat!("deploy-webhook/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(2))
             .build()?;
-        Ok(Self {
-            http,
-            targets,
-            secrets,
-            timeout,
-        })
+        Ok(Self { http, targets, secrets, timeout })
     }
 }
 
@@ -80,21 +68,11 @@ struct HookAnswer {
 
 impl DeployAction for HookDeployer {
     fn configured_for(&self, environment: &Environment) -> bool {
-        self.targets
-            .hooks
-            .contains_key(&environment.env_var_suffix())
+        self.targets.hooks.contains_key(&environment.env_var_suffix())
     }
 
-    async fn deploy(
-        &self,
-        d: &DeploymentCreated,
-        delivery: &DeliveryId,
-        deadline: Deadline,
-    ) -> DeployReport {
-        let environment_url = self
-            .targets
-            .environment_url_for(&d.environment)
-            .map(str::to_owned);
+    async fn deploy(&self, d: &DeploymentCreated, delivery: &DeliveryId, deadline: Deadline) -> DeployReport {
+        let environment_url = self.targets.environment_url_for(&d.environment).map(str::to_owned);
         let Some(url) = self.targets.hook_for(&d.environment) else {
             return DeployReport {
                 success: true,
@@ -116,9 +94,7 @@ impl DeployAction for HookDeployer {
         })
         .to_string();
         // Leave time after the hook to post the final status.
-        let timeout = deadline
-            .cap(self.timeout)
-            .saturating_sub(Duration::from_millis(1500));
+        let timeout = deadline.cap(self.timeout).saturating_sub(Duration::from_millis(1500));
         let sent = self
             .http
             .post(url)
@@ -135,9 +111,9 @@ impl DeployAction for HookDeployer {
                 info!(deployment_id = %d.id, "deploy hook succeeded");
                 DeployReport {
                     success: true,
-                    description: answer.description.unwrap_or_else(|| {
-                        format!("Deployed {} to {}", d.sha.short(), d.environment)
-                    }),
+                    description: answer
+                        .description
+                        .unwrap_or_else(|| format!("Deployed {} to {}", d.sha.short(), d.environment)),
                     log_url: answer.log_url,
                     environment_url: answer.environment_url.or(environment_url),
                 }
@@ -156,11 +132,7 @@ impl DeployAction for HookDeployer {
                 }
             }
             Err(err) => {
-                let what = if err.is_timeout() {
-                    "timed out"
-                } else {
-                    "could not be reached"
-                };
+                let what = if err.is_timeout() { "timed out" } else { "could not be reached" };
                 warn!(deployment_id = %d.id, "deploy hook {what}");
                 DeployReport {
                     success: false,

@@ -2,9 +2,7 @@
 
 use serde_json::Value;
 
-use super::types::{
-    BranchName, DeliveryId, DeploymentId, DeploymentState, Environment, RepoFullName, Sha, StatusId,
-};
+use super::types::{BranchName, DeliveryId, DeploymentId, DeploymentState, Environment, RepoFullName, Sha, StatusId};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum WebhookEvent {

@@ -9,10 +9,7 @@ pub mod service;
 pub mod types;
 
 pub use deadline::Deadline;
-pub use event::{
-    Delivery, DeploymentCreated, DeploymentStatusEvent, MergedPullRequest, StatusRecord,
-    WebhookEvent,
-};
+pub use event::{Delivery, DeploymentCreated, DeploymentStatusEvent, MergedPullRequest, StatusRecord, WebhookEvent};
 pub use rules::{BranchPattern, DeployRule, DeployRules};
 pub use service::{Outcome, Service, ServiceError, ServiceSettings};
 pub use types::*;

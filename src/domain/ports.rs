@@ -43,12 +43,7 @@ impl CreationKey {
     /// The marker we put into the deployment's payload so that a retry can find a deployment an
     /// earlier attempt created but did not record.
     pub fn marker(&self) -> String {
-        format!(
-            "{}#{}#{}",
-            self.repo.key(),
-            self.pr_number,
-            self.environment
-        )
+        format!("{}#{}#{}", self.repo.key(), self.pr_number, self.environment)
     }
 }
 

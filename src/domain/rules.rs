@@ -46,10 +46,7 @@ pub enum RulesError {
 impl Default for DeployRules {
     /// The repository's default branch deploys to `production`.
     fn default() -> Self {
-        Self(vec![DeployRule {
-            pattern: BranchPattern::DefaultBranch,
-            environment: Environment::production(),
-        }])
+        Self(vec![DeployRule { pattern: BranchPattern::DefaultBranch, environment: Environment::production() }])
     }
 }
 
@@ -57,32 +54,19 @@ impl DeployRules {
     pub fn parse(raw: &str) -> Result<Self, RulesError> {
         let mut rules = Vec::new();
         for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (pattern, environment) = part
-                .split_once('=')
-                .ok_or_else(|| RulesError::NotAPair(part.to_owned()))?;
+            let (pattern, environment) = part.split_once('=').ok_or_else(|| RulesError::NotAPair(part.to_owned()))?;
             let (pattern, environment) = (pattern.trim(), environment.trim());
             if pattern.is_empty() {
                 return Err(RulesError::NotAPair(part.to_owned()));
             }
-            let environment =
-                Environment::parse(environment).map_err(|source| RulesError::Invalid {
-                    rule: part.to_owned(),
-                    source,
-                })?;
+            let environment = Environment::parse(environment)
+                .map_err(|source| RulesError::Invalid { rule: part.to_owned(), source })?;
             let pattern = if pattern == "@default" {
                 BranchPattern::DefaultBranch
             } else {
-                BranchPattern::Glob(
-                    pattern
-                        .strip_prefix("refs/heads/")
-                        .unwrap_or(pattern)
-                        .to_owned(),
-                )
+                BranchPattern::Glob(pattern.strip_prefix("refs/heads/").unwrap_or(pattern).to_owned())
             };
-            rules.push(DeployRule {
-                pattern,
-                environment,
-            });
+            rules.push(DeployRule { pattern, environment });
         }
         if rules.is_empty() {
             return Err(RulesError::Empty);
@@ -91,11 +75,7 @@ impl DeployRules {
     }
 
     /// The environments a merge into `branch` deploys to, in rule order, without repeats.
-    pub fn environments_for(
-        &self,
-        branch: &BranchName,
-        default_branch: Option<&str>,
-    ) -> Vec<Environment> {
+    pub fn environments_for(&self, branch: &BranchName, default_branch: Option<&str>) -> Vec<Environment> {
         let mut envs: Vec<Environment> = Vec::new();
         for rule in &self.0 {
             if rule.pattern.matches(branch, default_branch) && !envs.contains(&rule.environment) {
@@ -152,24 +132,15 @@ mod tests {
         let rules = DeployRules::default();
         let envs = rules.environments_for(&branch("trunk"), Some("trunk"));
         assert_eq!(envs, vec![Environment::parse("production").unwrap()]);
-        assert!(
-            rules
-                .environments_for(&branch("main"), Some("trunk"))
-                .is_empty()
-        );
+        assert!(rules.environments_for(&branch("main"), Some("trunk")).is_empty());
         assert!(rules.environments_for(&branch("main"), None).is_empty());
     }
 
     #[test]
     fn parses_patterns_and_matches_globs() {
-        let rules =
-            DeployRules::parse(" main=production, release/*=staging,@default=audit ").unwrap();
+        let rules = DeployRules::parse(" main=production, release/*=staging,@default=audit ").unwrap();
         let names = |b: &str| {
-            rules
-                .environments_for(&branch(b), Some("main"))
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
+            rules.environments_for(&branch(b), Some("main")).iter().map(ToString::to_string).collect::<Vec<_>>()
         };
         assert_eq!(names("main"), ["production", "audit"]);
         assert_eq!(names("release/1.2"), ["staging"]);
@@ -181,18 +152,9 @@ mod tests {
     #[test]
     fn rejects_malformed_rules() {
         assert_eq!(DeployRules::parse(""), Err(RulesError::Empty));
-        assert!(matches!(
-            DeployRules::parse("main"),
-            Err(RulesError::NotAPair(_))
-        ));
-        assert!(matches!(
-            DeployRules::parse("=prod"),
-            Err(RulesError::NotAPair(_))
-        ));
-        assert!(matches!(
-            DeployRules::parse("main="),
-            Err(RulesError::Invalid { .. })
-        ));
+        assert!(matches!(DeployRules::parse("main"), Err(RulesError::NotAPair(_))));
+        assert!(matches!(DeployRules::parse("=prod"), Err(RulesError::NotAPair(_))));
+        assert!(matches!(DeployRules::parse("main="), Err(RulesError::Invalid { .. })));
     }
 
     #[test]

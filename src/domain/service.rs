@@ -8,12 +8,10 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::deadline::Deadline;
-use super::event::{
-    Delivery, DeploymentCreated, DeploymentStatusEvent, MergedPullRequest, WebhookEvent,
-};
+use super::event::{Delivery, DeploymentCreated, DeploymentStatusEvent, MergedPullRequest, WebhookEvent};
 use super::ports::{
-    Claim, CreationKey, CreationRecord, DeployAction, DeployReport, GitHub, GitHubError, Lease,
-    NewDeployment, NewStatus, Store, StoreError,
+    Claim, CreationKey, CreationRecord, DeployAction, DeployReport, GitHub, GitHubError, Lease, NewDeployment,
+    NewStatus, Store, StoreError,
 };
 use super::rules::DeployRules;
 use super::types::{DeliveryId, DeploymentId, DeploymentState, Environment, truncate_chars};
@@ -91,15 +89,9 @@ impl Outcome {
             Self::Ignored { .. } => "ignored",
             Self::Duplicate { .. } => "duplicate",
             Self::DeploymentsRequested { results } => {
-                if results
-                    .iter()
-                    .all(|(_, r)| matches!(r, EnvironmentResult::Rejected { .. }))
-                {
+                if results.iter().all(|(_, r)| matches!(r, EnvironmentResult::Rejected { .. })) {
                     "rejected"
-                } else if results
-                    .iter()
-                    .all(|(_, r)| matches!(r, EnvironmentResult::AlreadyCreated(_)))
-                {
+                } else if results.iter().all(|(_, r)| matches!(r, EnvironmentResult::AlreadyCreated(_))) {
                     "duplicate"
                 } else {
                     "processed"
@@ -162,13 +154,7 @@ pub struct Service<S, G, D> {
 impl<S: Store, G: GitHub, D: DeployAction> Service<S, G, D> {
     pub fn new(store: S, github: G, deployer: D, settings: ServiceSettings) -> Self {
         let managed = settings.rules.environments().cloned().collect();
-        Self {
-            store,
-            github,
-            deployer,
-            settings,
-            managed,
-        }
+        Self { store, github, deployer, settings, managed }
     }
 
     pub fn store(&self) -> &S {
@@ -186,10 +172,7 @@ impl<S: Store, G: GitHub, D: DeployAction> Service<S, G, D> {
             WebhookEvent::Ping { .. } => Plan::Answer(Outcome::Pong),
             WebhookEvent::Ignored { reason } => Plan::Answer(Outcome::Ignored { reason }),
             WebhookEvent::PullRequestMerged(pr) => {
-                let envs = self
-                    .settings
-                    .rules
-                    .environments_for(&pr.base_branch, pr.default_branch.as_deref());
+                let envs = self.settings.rules.environments_for(&pr.base_branch, pr.default_branch.as_deref());
                 if envs.is_empty() {
                     Plan::Answer(Outcome::Ignored {
                         reason: format!("no deploy rule for base branch {}", pr.base_branch),
@@ -203,10 +186,7 @@ impl<S: Store, G: GitHub, D: DeployAction> Service<S, G, D> {
                     Plan::Effects(Work::RunDeployment(d))
                 } else {
                     Plan::Answer(Outcome::Ignored {
-                        reason: format!(
-                            "environment {} is not managed by this deployer",
-                            d.environment
-                        ),
+                        reason: format!("environment {} is not managed by this deployer", d.environment),
                     })
                 }
             }
@@ -215,11 +195,7 @@ impl<S: Store, G: GitHub, D: DeployAction> Service<S, G, D> {
     }
 
     #[tracing::instrument(skip_all, fields(delivery_id = %delivery.id, event = delivery.event.kind()))]
-    pub async fn handle(
-        &self,
-        delivery: Delivery,
-        deadline: Deadline,
-    ) -> Result<Outcome, ServiceError> {
+    pub async fn handle(&self, delivery: Delivery, deadline: Deadline) -> Result<Outcome, ServiceError> {
         let id = delivery.id;
         let work = match self.plan(delivery.event) {
             Plan::Answer(outcome) => return Ok(outcome),
@@ -228,11 +204,7 @@ impl<S: Store, G: GitHub, D: DeployAction> Service<S, G, D> {
             Plan::Effects(work) => work,
         };
 
-        let lease = match self
-            .store
-            .claim_delivery(&id, work.event_name(), self.settings.lease)
-            .await?
-        {
+        let lease = match self.store.claim_delivery(&id, work.event_name(), self.settings.lease).await? {
             Claim::Acquired(lease, ()) => lease,
             Claim::Done(recorded) => {
                 info!("delivery already completed");
@@ -242,9 +214,7 @@ impl<S: Store, G: GitHub, D: DeployAction> Service<S, G, D> {
         };
 
         let result = match work {
-            Work::CreateDeployments(pr, envs) => {
-                self.create_deployments(&id, &pr, envs, deadline).await
-            }
+            Work::CreateDeployments(pr, envs) => self.create_deployments(&id, &pr, envs, deadline).await,
             Work::RunDeployment(d) => self.run_deployment(&id, &d, deadline).await,
         };
 
@@ -252,21 +222,13 @@ impl<S: Store, G: GitHub, D: DeployAction> Service<S, G, D> {
             Ok(outcome) => {
                 // The effects are recorded under their own keys; failing to mark the delivery done
                 // only means a redelivery finds them there and answers "duplicate".
-                if let Err(err) = self
-                    .store
-                    .complete_delivery(&id, &lease, &outcome.summary())
-                    .await
-                {
+                if let Err(err) = self.store.complete_delivery(&id, &lease, &outcome.summary()).await {
                     warn!(error = %err, "could not mark the delivery completed");
                 }
                 Ok(outcome)
             }
             Err(err) => {
-                if let Err(store_err) = self
-                    .store
-                    .abandon_delivery(&id, &lease, &err.to_string())
-                    .await
-                {
+                if let Err(store_err) = self.store.abandon_delivery(&id, &lease, &err.to_string()).await {
                     warn!(error = %store_err, "could not mark the delivery failed; its lease will expire");
                 }
                 Err(err)
@@ -277,18 +239,9 @@ impl<S: Store, G: GitHub, D: DeployAction> Service<S, G, D> {
     async fn record_status(&self, event: &DeploymentStatusEvent) -> Result<Outcome, ServiceError> {
         let applied = self
             .store
-            .record_deployment_status(
-                &event.repo,
-                event.deployment_id,
-                event.environment.as_ref(),
-                &event.status,
-            )
+            .record_deployment_status(&event.repo, event.deployment_id, event.environment.as_ref(), &event.status)
             .await?;
-        Ok(Outcome::StatusRecorded {
-            id: event.deployment_id,
-            state: event.status.state,
-            applied,
-        })
+        Ok(Outcome::StatusRecorded { id: event.deployment_id, state: event.status.state, applied })
     }
 
     async fn create_deployments(
@@ -300,11 +253,7 @@ impl<S: Store, G: GitHub, D: DeployAction> Service<S, G, D> {
     ) -> Result<Outcome, ServiceError> {
         let mut results = Vec::with_capacity(envs.len());
         for environment in envs {
-            let key = CreationKey {
-                repo: pr.repo.clone(),
-                pr_number: pr.number,
-                environment: environment.clone(),
-            };
+            let key = CreationKey { repo: pr.repo.clone(), pr_number: pr.number, environment: environment.clone() };
             let result = self.create_deployment(delivery, pr, &key, deadline).await?;
             results.push((environment, result));
         }
@@ -318,26 +267,16 @@ impl<S: Store, G: GitHub, D: DeployAction> Service<S, G, D> {
         key: &CreationKey,
         deadline: Deadline,
     ) -> Result<EnvironmentResult, ServiceError> {
-        let lease = match self
-            .store
-            .claim_deployment_creation(key, &pr.merge_sha, self.settings.lease)
-            .await?
-        {
+        let lease = match self.store.claim_deployment_creation(key, &pr.merge_sha, self.settings.lease).await? {
             Claim::Acquired(lease, ()) => lease,
             Claim::Done(record) => return Ok(already(record)),
-            Claim::Busy => match self
-                .wait_for(deadline, || self.store.read_deployment_creation(key))
-                .await?
-            {
+            Claim::Busy => match self.wait_for(deadline, || self.store.read_deployment_creation(key)).await? {
                 Some(record) => return Ok(already(record)),
                 None => return Err(ServiceError::InProgress),
             },
         };
 
-        match self
-            .create_deployment_claimed(delivery, pr, key, &lease, deadline)
-            .await
-        {
+        match self.create_deployment_claimed(delivery, pr, key, &lease, deadline).await {
             Ok(result) => Ok(result),
             Err(err) => {
                 if let Err(store_err) = self.store.release_deployment_creation(key, &lease).await {
@@ -360,27 +299,18 @@ impl<S: Store, G: GitHub, D: DeployAction> Service<S, G, D> {
         // An earlier attempt held this claim: it may have created the deployment and died before
         // recording it. Look for our marker before creating a second one.
         if lease.attempt > 1 {
-            if let Some(id) = self
-                .github
-                .find_deployment(&pr.repo, &pr.merge_sha, &key.environment, &marker, deadline)
-                .await?
+            if let Some(id) =
+                self.github.find_deployment(&pr.repo, &pr.merge_sha, &key.environment, &marker, deadline).await?
             {
                 info!(deployment_id = %id, "found the deployment an earlier attempt created");
-                self.store
-                    .finish_deployment_creation(key, lease, &CreationRecord::Created(id))
-                    .await?;
+                self.store.finish_deployment_creation(key, lease, &CreationRecord::Created(id)).await?;
                 return Ok(EnvironmentResult::AlreadyCreated(id));
             }
         }
 
         let request = new_deployment(delivery, pr, key, &marker);
-        let record = self
-            .github
-            .create_deployment(&pr.repo, &request, deadline)
-            .await?;
-        self.store
-            .finish_deployment_creation(key, lease, &record)
-            .await?;
+        let record = self.github.create_deployment(&pr.repo, &request, deadline).await?;
+        self.store.finish_deployment_creation(key, lease, &record).await?;
         Ok(match record {
             CreationRecord::Created(id) => {
                 info!(deployment_id = %id, environment = %key.environment, "deployment created");
@@ -400,29 +330,14 @@ impl<S: Store, G: GitHub, D: DeployAction> Service<S, G, D> {
         deadline: Deadline,
     ) -> Result<Outcome, ServiceError> {
         let (repo, id) = (&deployment.repo, deployment.id);
-        let (lease, pending_report) = match self
-            .store
-            .claim_deployment_run(deployment, self.settings.lease)
-            .await?
-        {
+        let (lease, pending_report) = match self.store.claim_deployment_run(deployment, self.settings.lease).await? {
             Claim::Acquired(lease, pending) => (lease, pending),
             Claim::Done(state) => {
-                return Ok(Outcome::Deployed {
-                    id,
-                    state,
-                    already: true,
-                });
+                return Ok(Outcome::Deployed { id, state, already: true });
             }
-            Claim::Busy => match self
-                .wait_for(deadline, || self.store.read_deployment_run(repo, id))
-                .await?
-            {
+            Claim::Busy => match self.wait_for(deadline, || self.store.read_deployment_run(repo, id)).await? {
                 Some(state) => {
-                    return Ok(Outcome::Deployed {
-                        id,
-                        state,
-                        already: true,
-                    });
+                    return Ok(Outcome::Deployed { id, state, already: true });
                 }
                 None => return Err(ServiceError::InProgress),
             },
@@ -430,21 +345,10 @@ impl<S: Store, G: GitHub, D: DeployAction> Service<S, G, D> {
 
         let mut report_to_keep = None;
         let result = self
-            .run_deployment_claimed(
-                delivery,
-                deployment,
-                &lease,
-                pending_report,
-                &mut report_to_keep,
-                deadline,
-            )
+            .run_deployment_claimed(delivery, deployment, &lease, pending_report, &mut report_to_keep, deadline)
             .await;
         if result.is_err() {
-            if let Err(store_err) = self
-                .store
-                .release_deployment_run(repo, id, &lease, report_to_keep.as_ref())
-                .await
-            {
+            if let Err(store_err) = self.store.release_deployment_run(repo, id, &lease, report_to_keep.as_ref()).await {
                 warn!(error = %store_err, "could not release the run claim; its lease will expire");
             }
         }
@@ -464,47 +368,26 @@ impl<S: Store, G: GitHub, D: DeployAction> Service<S, G, D> {
         let mut in_progress_posted = false;
         // An earlier attempt may have posted statuses and died before recording the end.
         if lease.attempt > 1 {
-            let statuses = self
-                .github
-                .list_deployment_statuses(repo, id, deadline)
-                .await?;
-            if let Some(last) = statuses
-                .iter()
-                .filter(|s| s.state.is_terminal())
-                .max_by_key(|s| s.id)
-            {
+            let statuses = self.github.list_deployment_statuses(repo, id, deadline).await?;
+            if let Some(last) = statuses.iter().filter(|s| s.state.is_terminal()).max_by_key(|s| s.id) {
                 info!(state = %last.state, "an earlier attempt finished this deployment");
-                self.store
-                    .finish_deployment_run(repo, id, lease, last)
-                    .await?;
-                return Ok(Outcome::Deployed {
-                    id,
-                    state: last.state,
-                    already: true,
-                });
+                self.store.finish_deployment_run(repo, id, lease, last).await?;
+                return Ok(Outcome::Deployed { id, state: last.state, already: true });
             }
-            in_progress_posted = statuses
-                .iter()
-                .any(|s| s.state == DeploymentState::InProgress);
+            in_progress_posted = statuses.iter().any(|s| s.state == DeploymentState::InProgress);
         }
 
         if !in_progress_posted && pending_report.is_none() {
             let status = NewStatus {
                 state: DeploymentState::InProgress,
                 description: truncate_chars(
-                    &format!(
-                        "Deploying {} to {}",
-                        deployment.sha.short(),
-                        deployment.environment
-                    ),
+                    &format!("Deploying {} to {}", deployment.sha.short(), deployment.environment),
                     DESCRIPTION_LIMIT,
                 ),
                 log_url: None,
                 environment_url: None,
             };
-            self.github
-                .create_deployment_status(repo, id, &status, deadline)
-                .await?;
+            self.github.create_deployment_status(repo, id, &status, deadline).await?;
         }
 
         let report = match pending_report {
@@ -514,44 +397,25 @@ impl<S: Store, G: GitHub, D: DeployAction> Service<S, G, D> {
         *report_to_keep = Some(report.clone());
 
         let final_status = NewStatus {
-            state: if report.success {
-                DeploymentState::Success
-            } else {
-                DeploymentState::Failure
-            },
+            state: if report.success { DeploymentState::Success } else { DeploymentState::Failure },
             description: truncate_chars(&report.description, DESCRIPTION_LIMIT),
             log_url: report.log_url.clone(),
             environment_url: report.environment_url.clone(),
         };
-        let posted = self
-            .github
-            .create_deployment_status(repo, id, &final_status, deadline)
-            .await?;
-        self.store
-            .finish_deployment_run(repo, id, lease, &posted)
-            .await?;
+        let posted = self.github.create_deployment_status(repo, id, &final_status, deadline).await?;
+        self.store.finish_deployment_run(repo, id, lease, &posted).await?;
         info!(deployment_id = %id, state = %posted.state, "deployment finished");
-        Ok(Outcome::Deployed {
-            id,
-            state: posted.state,
-            already: false,
-        })
+        Ok(Outcome::Deployed { id, state: posted.state, already: false })
     }
 
     /// Polls `read` until it yields a finished result or the wait (cut to the budget) runs out.
-    async fn wait_for<T, F, Fut>(
-        &self,
-        deadline: Deadline,
-        read: F,
-    ) -> Result<Option<T>, StoreError>
+    async fn wait_for<T, F, Fut>(&self, deadline: Deadline, read: F) -> Result<Option<T>, StoreError>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<Option<T>, StoreError>>,
     {
         // Keep a margin of the budget for answering.
-        let wait = deadline
-            .cap(self.settings.busy_wait)
-            .saturating_sub(Duration::from_millis(500));
+        let wait = deadline.cap(self.settings.busy_wait).saturating_sub(Duration::from_millis(500));
         let until = Deadline::after(wait);
         loop {
             if let Some(done) = read().await? {
@@ -590,27 +454,17 @@ impl Work {
 fn already(record: CreationRecord) -> EnvironmentResult {
     match record {
         CreationRecord::Created(id) => EnvironmentResult::AlreadyCreated(id),
-        CreationRecord::Rejected { status, message } => {
-            EnvironmentResult::Rejected { status, message }
-        }
+        CreationRecord::Rejected { status, message } => EnvironmentResult::Rejected { status, message },
     }
 }
 
 /// The deployment request for one merged PR and environment: the merge commit on the base
 /// repository, with who and what in the payload for the deploy action and for people.
-pub fn new_deployment(
-    delivery: &DeliveryId,
-    pr: &MergedPullRequest,
-    key: &CreationKey,
-    marker: &str,
-) -> NewDeployment {
+pub fn new_deployment(delivery: &DeliveryId, pr: &MergedPullRequest, key: &CreationKey, marker: &str) -> NewDeployment {
     NewDeployment {
         sha: pr.merge_sha.clone(),
         environment: key.environment.clone(),
-        description: truncate_chars(
-            &format!("Deploy #{}: {}", pr.number, pr.title),
-            DESCRIPTION_LIMIT,
-        ),
+        description: truncate_chars(&format!("Deploy #{}: {}", pr.number, pr.title), DESCRIPTION_LIMIT),
         production_environment: key.environment.is_production(),
         payload: json!({
             "deploy_user": pr.author,

@@ -45,14 +45,8 @@ impl DeliveryId {
         if raw.is_empty() || raw.len() > 100 {
             return Err(invalid("X-GitHub-Delivery", "must be 1 to 100 characters"));
         }
-        if !raw
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(invalid(
-                "X-GitHub-Delivery",
-                "must hold only letters, digits, '-' and '_'",
-            ));
+        if !raw.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(invalid("X-GitHub-Delivery", "must hold only letters, digits, '-' and '_'"));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -67,13 +61,10 @@ impl RepoFullName {
         let ok_part = |p: &str| {
             !p.is_empty()
                 && p.len() <= 100
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         };
         match raw.split_once('/') {
-            Some((owner, name))
-                if ok_part(owner) && ok_part(name) && name != "." && name != ".." =>
-            {
+            Some((owner, name)) if ok_part(owner) && ok_part(name) && name != "." && name != ".." => {
                 Ok(Self(raw.to_owned()))
             }
             _ => Err(invalid("repository.full_name", "must be owner/name")),
@@ -116,26 +107,14 @@ impl Environment {
             return Err(invalid("environment", "must be 1 to 255 characters"));
         }
         if raw.chars().any(|c| c.is_control() || c == ',' || c == '=') {
-            return Err(invalid(
-                "environment",
-                "must not hold control characters, ',' or '='",
-            ));
+            return Err(invalid("environment", "must not hold control characters, ',' or '='"));
         }
         Ok(Self(raw.to_owned()))
     }
 
     /// The suffix of per-environment settings: `staging-eu` → `STAGING_EU`.
     pub fn env_var_suffix(&self) -> String {
-        self.0
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect()
+        self.0.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
     }
 
     pub fn production() -> Self {

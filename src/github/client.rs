@@ -17,9 +17,7 @@ use serde_json::{Value, json};
 use tracing::{debug, warn};
 
 use crate::domain::ports::{CreationRecord, GitHub, GitHubError, NewDeployment, NewStatus};
-use crate::domain::types::{
-    DeploymentId, DeploymentState, Environment, RepoFullName, Sha, StatusId,
-};
+use crate::domain::types::{DeploymentId, DeploymentState, Environment, RepoFullName, Sha, StatusId};
 use crate::domain::{Deadline, StatusRecord};
 
 pub const API_VERSION: &str = "2022-11-28";
@@ -56,24 +54,12 @@ pub struct GitHubClient {
 pub struct ClientBuildError(String);
 
 impl GitHubClient {
-    pub fn new(
-        base_url: &str,
-        token: &SecretString,
-        retry: RetryPolicy,
-    ) -> Result<Self, ClientBuildError> {
+    pub fn new(base_url: &str, token: &SecretString, retry: RetryPolicy) -> Result<Self, ClientBuildError> {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            ACCEPT,
-            HeaderValue::from_static("application/vnd.github+json"),
-        );
-        headers.insert(
-            "X-GitHub-Api-Version",
-            HeaderValue::from_static(API_VERSION),
-        );
+        headers.insert(ACCEPT, HeaderValue::from_static("application/vnd.github+json"));
+        headers.insert("X-GitHub-Api-Version", HeaderValue::from_static(API_VERSION));
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
-            .map_err(|_| {
-                ClientBuildError("GITHUB_TOKEN holds characters not allowed in a header".into())
-            })?;
+            .map_err(|_| ClientBuildError("GITHUB_TOKEN holds characters not allowed in a header".into()))?;
         // Keeps the token out of any Debug output of requests or headers.
         auth.set_sensitive(true);
         headers.insert(AUTHORIZATION, auth);
@@ -84,11 +70,7 @@ impl GitHubClient {
             .pool_idle_timeout(Duration::from_secs(50))
             .build()
             .map_err(|e| ClientBuildError(e.to_string()))?;
-        Ok(Self {
-            http,
-            base_url: base_url.trim_end_matches('/').to_owned(),
-            retry,
-        })
+        Ok(Self { http, base_url: base_url.trim_end_matches('/').to_owned(), retry })
     }
 
     fn url(&self, path: &str) -> String {
@@ -96,19 +78,12 @@ impl GitHubClient {
     }
 
     fn request(&self, method: Method, path: &str, deadline: &Deadline) -> RequestBuilder {
-        self.http
-            .request(method, self.url(path))
-            .timeout(deadline.cap(self.retry.attempt_timeout))
+        self.http.request(method, self.url(path)).timeout(deadline.cap(self.retry.attempt_timeout))
     }
 
     /// Runs `attempt` until it is done, fails for good, or the attempts or budget run out.
     /// `attempt` is told whether an earlier try may have had an effect.
-    async fn with_retries<T, F, Fut>(
-        &self,
-        what: &str,
-        deadline: Deadline,
-        mut attempt: F,
-    ) -> Result<T, GitHubError>
+    async fn with_retries<T, F, Fut>(&self, what: &str, deadline: Deadline, mut attempt: F) -> Result<T, GitHubError>
     where
         F: FnMut(bool) -> Fut,
         Fut: Future<Output = Result<Step<T>, GitHubError>>,
@@ -121,11 +96,7 @@ impl GitHubClient {
             }
             match attempt(maybe_applied).await? {
                 Step::Done(value) => return Ok(value),
-                Step::Retry {
-                    reason,
-                    after,
-                    ambiguous,
-                } => {
+                Step::Retry { reason, after, ambiguous } => {
                     maybe_applied |= ambiguous;
                     let delay = after.unwrap_or_else(|| self.backoff(n));
                     // Only wait if a useful attempt still fits in the budget afterwards.
@@ -144,14 +115,8 @@ impl GitHubClient {
 
     /// Full jitter: a random wait up to the exponential cap.
     fn backoff(&self, attempt: u32) -> Duration {
-        let cap = self
-            .retry
-            .base_backoff
-            .saturating_mul(1 << attempt.min(10))
-            .min(self.retry.max_backoff);
-        Duration::from_millis(fastrand::u64(
-            cap.as_millis() as u64 / 2..=cap.as_millis() as u64,
-        ))
+        let cap = self.retry.base_backoff.saturating_mul(1 << attempt.min(10)).min(self.retry.max_backoff);
+        Duration::from_millis(fastrand::u64(cap.as_millis() as u64 / 2..=cap.as_millis() as u64))
     }
 }
 
@@ -177,35 +142,20 @@ fn transport_failure<T>(err: reqwest::Error) -> Step<T> {
     } else {
         "connection failed"
     };
-    Step::Retry {
-        reason: kind.to_owned(),
-        after: None,
-        ambiguous,
-    }
+    Step::Retry { reason: kind.to_owned(), after: None, ambiguous }
 }
 
 /// Classifies a non-success answer. `Ok(Step::Retry)` for the retryable ones.
 async fn failure<T>(resp: Response) -> Result<Step<T>, GitHubError> {
     let status = resp.status();
     if status.is_server_error() {
-        return Ok(Step::Retry {
-            reason: format!("GitHub answered {status}"),
-            after: None,
-            ambiguous: true,
-        });
+        return Ok(Step::Retry { reason: format!("GitHub answered {status}"), after: None, ambiguous: true });
     }
     if let Some(after) = rate_limit_wait(status, resp.headers()) {
-        return Ok(Step::Retry {
-            reason: format!("rate limited ({status})"),
-            after: Some(after),
-            ambiguous: false,
-        });
+        return Ok(Step::Retry { reason: format!("rate limited ({status})"), after: Some(after), ambiguous: false });
     }
     let message = github_message(resp).await;
-    Err(GitHubError::Api {
-        status: status.as_u16(),
-        message,
-    })
+    Err(GitHubError::Api { status: status.as_u16(), message })
 }
 
 /// The wait a rate-limit answer asks for, if this is one.
@@ -213,12 +163,7 @@ fn rate_limit_wait(status: StatusCode, headers: &HeaderMap) -> Option<Duration> 
     if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::FORBIDDEN {
         return None;
     }
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     if let Some(after) = header("retry-after") {
         if let Ok(secs) = after.parse::<u64>() {
             return Some(Duration::from_secs(secs));
@@ -229,10 +174,7 @@ fn rate_limit_wait(status: StatusCode, headers: &HeaderMap) -> Option<Duration> 
     }
     if header("x-ratelimit-remaining") == Some("0") {
         let reset = header("x-ratelimit-reset").and_then(|r| r.parse::<u64>().ok())?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         return Some(Duration::from_secs(reset.saturating_sub(now)));
     }
     // A secondary rate limit without a hint: GitHub says to wait at least a minute.
@@ -296,8 +238,7 @@ impl StatusBody {
     fn into_record(self) -> Result<StatusRecord, GitHubError> {
         Ok(StatusRecord {
             id: StatusId(self.id),
-            state: DeploymentState::parse(&self.state)
-                .map_err(|e| GitHubError::BadResponse(e.to_string()))?,
+            state: DeploymentState::parse(&self.state).map_err(|e| GitHubError::BadResponse(e.to_string()))?,
             description: self.description,
             log_url: self.log_url.or(self.target_url).filter(|u| !u.is_empty()),
             environment_url: self.environment_url.filter(|u| !u.is_empty()),
@@ -308,9 +249,7 @@ impl StatusBody {
 }
 
 async fn read_json<T: for<'de> Deserialize<'de>>(resp: Response) -> Result<T, GitHubError> {
-    resp.json::<T>()
-        .await
-        .map_err(|e| GitHubError::BadResponse(e.to_string()))
+    resp.json::<T>().await.map_err(|e| GitHubError::BadResponse(e.to_string()))
 }
 
 /// The marker in a deployment's payload; the payload may be an object or a JSON string.
@@ -323,10 +262,7 @@ fn payload_marker(payload: &Value) -> Option<String> {
         }
         other => other,
     };
-    object
-        .pointer("/deploy_webhook/marker")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
+    object.pointer("/deploy_webhook/marker").and_then(Value::as_str).map(str::to_owned)
 }
 
 impl GitHub for GitHubClient {
@@ -352,43 +288,26 @@ impl GitHub for GitHubClient {
             async move {
                 if maybe_applied {
                     if let Some(marker) = marker {
-                        if let Some(id) = self
-                            .find_deployment(
-                                repo,
-                                &request.sha,
-                                &request.environment,
-                                marker,
-                                deadline,
-                            )
-                            .await?
+                        if let Some(id) =
+                            self.find_deployment(repo, &request.sha, &request.environment, marker, deadline).await?
                         {
                             return Ok(Step::Done(CreationRecord::Created(id)));
                         }
                     }
                 }
-                let resp = match self
-                    .request(Method::POST, path, &deadline)
-                    .json(body)
-                    .send()
-                    .await
-                {
+                let resp = match self.request(Method::POST, path, &deadline).json(body).send().await {
                     Ok(resp) => resp,
                     Err(err) => return Ok(transport_failure(err)),
                 };
                 match resp.status() {
                     StatusCode::CREATED => {
                         let created: DeploymentBody = read_json(resp).await?;
-                        Ok(Step::Done(CreationRecord::Created(DeploymentId(
-                            created.id,
-                        ))))
+                        Ok(Step::Done(CreationRecord::Created(DeploymentId(created.id))))
                     }
                     // 409: required status checks failed or a merge conflict; 422: validation.
                     status @ (StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY) => {
                         let message = github_message(resp).await;
-                        Ok(Step::Done(CreationRecord::Rejected {
-                            status: status.as_u16(),
-                            message,
-                        }))
+                        Ok(Step::Done(CreationRecord::Rejected { status: status.as_u16(), message }))
                     }
                     _ => failure(resp).await,
                 }
@@ -406,20 +325,11 @@ impl GitHub for GitHubClient {
         deadline: Deadline,
     ) -> Result<Option<DeploymentId>, GitHubError> {
         let path = format!("/repos/{repo}/deployments");
-        let query = [
-            ("sha", sha.as_str()),
-            ("environment", environment.as_str()),
-            ("per_page", "100"),
-        ];
+        let query = [("sha", sha.as_str()), ("environment", environment.as_str()), ("per_page", "100")];
         self.with_retries("list deployments", deadline, |_| {
             let (path, query) = (&path, &query);
             async move {
-                let resp = match self
-                    .request(Method::GET, path, &deadline)
-                    .query(query)
-                    .send()
-                    .await
-                {
+                let resp = match self.request(Method::GET, path, &deadline).query(query).send().await {
                     Ok(resp) => resp,
                     Err(err) => return Ok(transport_failure(err)),
                 };
@@ -427,9 +337,7 @@ impl GitHub for GitHubClient {
                     return failure(resp).await;
                 }
                 let list: Vec<DeploymentBody> = read_json(resp).await?;
-                let found = list
-                    .into_iter()
-                    .find(|d| payload_marker(&d.payload).as_deref() == Some(marker));
+                let found = list.into_iter().find(|d| payload_marker(&d.payload).as_deref() == Some(marker));
                 Ok(Step::Done(found.map(|d| DeploymentId(d.id))))
             }
         })
@@ -457,20 +365,11 @@ impl GitHub for GitHubClient {
                 if maybe_applied {
                     // A status of this state may have been created by the try whose answer we lost.
                     let existing = self.list_deployment_statuses(repo, id, deadline).await?;
-                    if let Some(found) = existing
-                        .into_iter()
-                        .filter(|s| s.state == status.state)
-                        .max_by_key(|s| s.id)
-                    {
+                    if let Some(found) = existing.into_iter().filter(|s| s.state == status.state).max_by_key(|s| s.id) {
                         return Ok(Step::Done(found));
                     }
                 }
-                let resp = match self
-                    .request(Method::POST, path, &deadline)
-                    .json(body)
-                    .send()
-                    .await
-                {
+                let resp = match self.request(Method::POST, path, &deadline).json(body).send().await {
                     Ok(resp) => resp,
                     Err(err) => return Ok(transport_failure(err)),
                 };
@@ -494,12 +393,7 @@ impl GitHub for GitHubClient {
         self.with_retries("list deployment statuses", deadline, |_| {
             let path = &path;
             async move {
-                let resp = match self
-                    .request(Method::GET, path, &deadline)
-                    .query(&[("per_page", "100")])
-                    .send()
-                    .await
-                {
+                let resp = match self.request(Method::GET, path, &deadline).query(&[("per_page", "100")]).send().await {
                     Ok(resp) => resp,
                     Err(err) => return Ok(transport_failure(err)),
                 };
@@ -507,11 +401,7 @@ impl GitHub for GitHubClient {
                     return failure(resp).await;
                 }
                 let list: Vec<StatusBody> = read_json(resp).await?;
-                Ok(Step::Done(
-                    list.into_iter()
-                        .map(StatusBody::into_record)
-                        .collect::<Result<_, _>>()?,
-                ))
+                Ok(Step::Done(list.into_iter().map(StatusBody::into_record).collect::<Result<_, _>>()?))
             }
         })
         .await
@@ -526,31 +416,18 @@ mod tests {
     fn rate_limit_waits_follow_githubs_headers() {
         let mut h = HeaderMap::new();
         h.insert("retry-after", HeaderValue::from_static("2"));
-        assert_eq!(
-            rate_limit_wait(StatusCode::FORBIDDEN, &h),
-            Some(Duration::from_secs(2))
-        );
+        assert_eq!(rate_limit_wait(StatusCode::FORBIDDEN, &h), Some(Duration::from_secs(2)));
         assert_eq!(rate_limit_wait(StatusCode::INTERNAL_SERVER_ERROR, &h), None);
 
         let mut h = HeaderMap::new();
-        let reset = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 30;
+        let reset = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 30;
         h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
-        h.insert(
-            "x-ratelimit-reset",
-            HeaderValue::from_str(&reset.to_string()).unwrap(),
-        );
+        h.insert("x-ratelimit-reset", HeaderValue::from_str(&reset.to_string()).unwrap());
         let wait = rate_limit_wait(StatusCode::FORBIDDEN, &h).unwrap();
         assert!(wait <= Duration::from_secs(30) && wait >= Duration::from_secs(28));
 
         // A plain 403 (no permission) is not a rate limit.
-        assert_eq!(
-            rate_limit_wait(StatusCode::FORBIDDEN, &HeaderMap::new()),
-            None
-        );
+        assert_eq!(rate_limit_wait(StatusCode::FORBIDDEN, &HeaderMap::new()), None);
     }
 
     #[test]

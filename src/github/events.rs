@@ -6,20 +6,14 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::domain::types::{
-    BranchName, DeploymentId, DeploymentState, Environment, InvalidValue, RepoFullName, Sha,
-    StatusId,
+    BranchName, DeploymentId, DeploymentState, Environment, InvalidValue, RepoFullName, Sha, StatusId,
 };
-use crate::domain::{
-    DeploymentCreated, DeploymentStatusEvent, MergedPullRequest, StatusRecord, WebhookEvent,
-};
+use crate::domain::{DeploymentCreated, DeploymentStatusEvent, MergedPullRequest, StatusRecord, WebhookEvent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
     #[error("the {event} payload is not valid: {source}")]
-    Json {
-        event: String,
-        source: serde_json::Error,
-    },
+    Json { event: String, source: serde_json::Error },
     #[error("the {event} payload is not valid: {source}")]
     Value { event: String, source: InvalidValue },
 }
@@ -117,14 +111,8 @@ struct Ping {
 
 /// Parses the JSON of one delivery of `event` (the `X-GitHub-Event` header).
 pub fn parse_event(event: &str, json: &[u8]) -> Result<WebhookEvent, EventError> {
-    let bad_json = |source| EventError::Json {
-        event: event.to_owned(),
-        source,
-    };
-    let bad_value = |source| EventError::Value {
-        event: event.to_owned(),
-        source,
-    };
+    let bad_json = |source| EventError::Json { event: event.to_owned(), source };
+    let bad_value = |source| EventError::Value { event: event.to_owned(), source };
     match event {
         "ping" => {
             let ping: Ping = serde_json::from_slice(json).map_err(bad_json)?;
@@ -145,32 +133,23 @@ pub fn parse_event(event: &str, json: &[u8]) -> Result<WebhookEvent, EventError>
         other => {
             // Still insist on JSON, so a garbled body is never answered 2xx.
             serde_json::from_slice::<serde::de::IgnoredAny>(json).map_err(bad_json)?;
-            Ok(WebhookEvent::Ignored {
-                reason: format!("event {other} is not handled"),
-            })
+            Ok(WebhookEvent::Ignored { reason: format!("event {other} is not handled") })
         }
     }
 }
 
 fn pull_request(e: PullRequestEvent) -> Result<WebhookEvent, InvalidValue> {
     if e.action != "closed" {
-        return Ok(WebhookEvent::Ignored {
-            reason: format!("pull_request action {} is not handled", e.action),
-        });
+        return Ok(WebhookEvent::Ignored { reason: format!("pull_request action {} is not handled", e.action) });
     }
     if e.pull_request.merged != Some(true) {
-        return Ok(WebhookEvent::Ignored {
-            reason: "pull request closed without merging".to_owned(),
-        });
+        return Ok(WebhookEvent::Ignored { reason: "pull request closed without merging".to_owned() });
     }
     let merge_sha = e
         .pull_request
         .merge_commit_sha
         .as_deref()
-        .ok_or(InvalidValue {
-            what: "pull_request.merge_commit_sha",
-            reason: "missing on a merged pull request",
-        })
+        .ok_or(InvalidValue { what: "pull_request.merge_commit_sha", reason: "missing on a merged pull request" })
         .and_then(Sha::parse)?;
     Ok(WebhookEvent::PullRequestMerged(MergedPullRequest {
         repo: RepoFullName::parse(&e.repository.full_name)?,
@@ -186,9 +165,7 @@ fn pull_request(e: PullRequestEvent) -> Result<WebhookEvent, InvalidValue> {
 
 fn deployment(e: DeploymentEvent) -> Result<WebhookEvent, InvalidValue> {
     if e.action != "created" {
-        return Ok(WebhookEvent::Ignored {
-            reason: format!("deployment action {} is not handled", e.action),
-        });
+        return Ok(WebhookEvent::Ignored { reason: format!("deployment action {} is not handled", e.action) });
     }
     let d = e.deployment;
     Ok(WebhookEvent::DeploymentCreated(DeploymentCreated {
@@ -210,11 +187,7 @@ fn deployment_status(e: DeploymentStatusPayload) -> Result<WebhookEvent, Invalid
     Ok(WebhookEvent::DeploymentStatus(DeploymentStatusEvent {
         repo: RepoFullName::parse(&e.repository.full_name)?,
         deployment_id: DeploymentId(e.deployment.id),
-        environment: s
-            .environment
-            .as_deref()
-            .map(Environment::parse)
-            .transpose()?,
+        environment: s.environment.as_deref().map(Environment::parse).transpose()?,
         status: StatusRecord {
             id: StatusId(s.id),
             state: DeploymentState::parse(&s.state)?,

@@ -30,11 +30,7 @@ pub struct WebhookHandler<S, G, D> {
 
 impl<S: Store, G: GitHub, D: DeployAction> WebhookHandler<S, G, D> {
     pub fn new(service: Service<S, G, D>, secrets: WebhookSecrets, budget: Duration) -> Self {
-        Self {
-            service,
-            secrets,
-            budget,
-        }
+        Self { service, secrets, budget }
     }
 
     pub fn service(&self) -> &Service<S, G, D> {
@@ -45,12 +41,8 @@ impl<S: Store, G: GitHub, D: DeployAction> WebhookHandler<S, G, D> {
     pub async fn handle(&self, request: Request) -> Response<Body> {
         let deadline = Deadline::after(self.budget);
         let headers = request.headers();
-        let delivery_header = header_str(headers, DELIVERY_HEADER)
-            .unwrap_or_default()
-            .to_owned();
-        let event_header = header_str(headers, EVENT_HEADER)
-            .unwrap_or_default()
-            .to_owned();
+        let delivery_header = header_str(headers, DELIVERY_HEADER).unwrap_or_default().to_owned();
+        let event_header = header_str(headers, EVENT_HEADER).unwrap_or_default().to_owned();
         // Header values are the caller's; keep what goes into logs short and printable.
         let span = info_span!(
             "delivery",
@@ -85,50 +77,29 @@ impl<S: Store, G: GitHub, D: DeployAction> WebhookHandler<S, G, D> {
         .await
     }
 
-    async fn process(
-        &self,
-        request: &Request,
-        deadline: Deadline,
-    ) -> Result<(DeliveryId, Outcome), AppError> {
+    async fn process(&self, request: &Request, deadline: Deadline) -> Result<(DeliveryId, Outcome), AppError> {
         if request.method() != Method::POST {
             return Err(AppError::MethodNotAllowed);
         }
         let headers = request.headers();
         let raw_body: &[u8] = request.body().as_ref();
         // The signature is checked over the raw bytes before anything reads them.
-        self.secrets.verify(
-            headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes()),
-            raw_body,
-        )?;
+        self.secrets.verify(headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes()), raw_body)?;
 
-        let event_name =
-            header_str(headers, EVENT_HEADER).ok_or(AppError::MissingHeader("X-GitHub-Event"))?;
+        let event_name = header_str(headers, EVENT_HEADER).ok_or(AppError::MissingHeader("X-GitHub-Event"))?;
         let delivery_id = DeliveryId::parse(
-            header_str(headers, DELIVERY_HEADER)
-                .ok_or(AppError::MissingHeader("X-GitHub-Delivery"))?,
+            header_str(headers, DELIVERY_HEADER).ok_or(AppError::MissingHeader("X-GitHub-Delivery"))?,
         )?;
         let json = body::event_json(header_str(headers, header::CONTENT_TYPE.as_str()), raw_body)?;
         let event = parse_event(event_name.trim(), &json)?;
 
-        let outcome = self
-            .service
-            .handle(
-                Delivery {
-                    id: delivery_id.clone(),
-                    event,
-                },
-                deadline,
-            )
-            .await?;
+        let outcome = self.service.handle(Delivery { id: delivery_id.clone(), event }, deadline).await?;
         Ok((delivery_id, outcome))
     }
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.trim().is_empty())
+    headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.trim().is_empty())
 }
 
 fn printable(value: &str) -> String {
@@ -138,9 +109,6 @@ fn printable(value: &str) -> String {
 fn respond(status: StatusCode, body: Value) -> Response<Body> {
     let mut response = Response::new(Body::Text(body.to_string()));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     response
 }

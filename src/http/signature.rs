@@ -32,36 +32,23 @@ pub enum SignatureError {
 impl WebhookSecrets {
     /// Splits a comma-separated list; blank entries are dropped. `None` when no secret is left.
     pub fn from_list(raw: &str) -> Option<Self> {
-        let secrets: Vec<SecretString> = raw
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| SecretString::from(s.to_owned()))
-            .collect();
+        let secrets: Vec<SecretString> =
+            raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| SecretString::from(s.to_owned())).collect();
         (!secrets.is_empty()).then_some(Self(secrets))
     }
 
     /// Verifies `header` (the `X-Hub-Signature-256` value) over `body`.
     pub fn verify(&self, header: Option<&[u8]>, body: &[u8]) -> Result<(), SignatureError> {
         let header = header.ok_or(SignatureError::Missing)?;
-        let hex_digest = header
-            .strip_prefix(b"sha256=")
-            .ok_or(SignatureError::Malformed)?;
+        let hex_digest = header.strip_prefix(b"sha256=").ok_or(SignatureError::Malformed)?;
         let expected = hex::decode(hex_digest).map_err(|_| SignatureError::Malformed)?;
         if expected.len() != 32 {
             return Err(SignatureError::Malformed);
         }
         // Every secret is tried (no early exit on the first mismatch is needed for safety: each
         // comparison is constant time, and the number of secrets is not a secret).
-        let matched = self
-            .0
-            .iter()
-            .any(|secret| mac(secret, body).verify_slice(&expected).is_ok());
-        if matched {
-            Ok(())
-        } else {
-            Err(SignatureError::Mismatch)
-        }
+        let matched = self.0.iter().any(|secret| mac(secret, body).verify_slice(&expected).is_ok());
+        if matched { Ok(()) } else { Err(SignatureError::Mismatch) }
     }
 
     /// `sha256=<hex>` of `body` under the first (current) secret.
@@ -84,8 +71,7 @@ fn mac(secret: &SecretString, body: &[u8]) -> HmacSha256 {
 mod tests {
     use super::*;
 
-    const GITHUB_VECTOR: &str =
-        "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+    const GITHUB_VECTOR: &str = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
 
     fn secrets(list: &str) -> WebhookSecrets {
         WebhookSecrets::from_list(list).unwrap()
@@ -95,19 +81,13 @@ mod tests {
     fn githubs_documented_test_vector() {
         let s = secrets("It's a Secret to Everybody");
         assert_eq!(s.sign(b"Hello, World!"), GITHUB_VECTOR);
-        assert_eq!(
-            s.verify(Some(GITHUB_VECTOR.as_bytes()), b"Hello, World!"),
-            Ok(())
-        );
+        assert_eq!(s.verify(Some(GITHUB_VECTOR.as_bytes()), b"Hello, World!"), Ok(()));
     }
 
     #[test]
     fn any_secret_of_the_list_verifies() {
         let s = secrets("new-secret, It's a Secret to Everybody");
-        assert_eq!(
-            s.verify(Some(GITHUB_VECTOR.as_bytes()), b"Hello, World!"),
-            Ok(())
-        );
+        assert_eq!(s.verify(Some(GITHUB_VECTOR.as_bytes()), b"Hello, World!"), Ok(()));
         // The first secret is the one that signs.
         assert_ne!(s.sign(b"Hello, World!"), GITHUB_VECTOR);
     }
@@ -116,22 +96,10 @@ mod tests {
     fn rejects_missing_malformed_and_wrong_signatures() {
         let s = secrets("It's a Secret to Everybody");
         assert_eq!(s.verify(None, b"x"), Err(SignatureError::Missing));
-        assert_eq!(
-            s.verify(Some(b"sha1=abc"), b"x"),
-            Err(SignatureError::Malformed)
-        );
-        assert_eq!(
-            s.verify(Some(b"sha256=zz"), b"x"),
-            Err(SignatureError::Malformed)
-        );
-        assert_eq!(
-            s.verify(Some(b"sha256=abcd"), b"x"),
-            Err(SignatureError::Malformed)
-        );
-        assert_eq!(
-            s.verify(Some(GITHUB_VECTOR.as_bytes()), b"Hello, World?"),
-            Err(SignatureError::Mismatch)
-        );
+        assert_eq!(s.verify(Some(b"sha1=abc"), b"x"), Err(SignatureError::Malformed));
+        assert_eq!(s.verify(Some(b"sha256=zz"), b"x"), Err(SignatureError::Malformed));
+        assert_eq!(s.verify(Some(b"sha256=abcd"), b"x"), Err(SignatureError::Malformed));
+        assert_eq!(s.verify(Some(GITHUB_VECTOR.as_bytes()), b"Hello, World?"), Err(SignatureError::Mismatch));
         let upper = GITHUB_VECTOR.to_uppercase().replace("SHA256=", "sha256=");
         assert_eq!(s.verify(Some(upper.as_bytes()), b"Hello, World!"), Ok(()));
     }

@@ -20,12 +20,8 @@ use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use tracing::warn;
 
-use crate::domain::ports::{
-    Claim, CreationKey, CreationRecord, DeployReport, Lease, Store, StoreError,
-};
-use crate::domain::types::{
-    DeliveryId, DeploymentId, DeploymentState, Environment, RepoFullName, Sha,
-};
+use crate::domain::ports::{Claim, CreationKey, CreationRecord, DeployReport, Lease, Store, StoreError};
+use crate::domain::types::{DeliveryId, DeploymentId, DeploymentState, Environment, RepoFullName, Sha};
 use crate::domain::{DeploymentCreated, StatusRecord};
 
 /// How long a delivery's ledger entry is kept: GitHub lets a delivery be redelivered for 3 days.
@@ -41,10 +37,7 @@ pub struct DynamoStore {
 
 impl DynamoStore {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        Self {
-            client,
-            table: table.into(),
-        }
+        Self { client, table: table.into() }
     }
 
     fn update(&self, pk: String, sk: String) -> UpdateItemFluentBuilder {
@@ -70,10 +63,7 @@ impl DynamoStore {
     }
 
     /// Sends a claim: `Ok(Ok(new item))` when won, `Ok(Err(old item))` when the condition failed.
-    async fn claim(
-        &self,
-        update: UpdateItemFluentBuilder,
-    ) -> Result<Result<Item, Option<Item>>, StoreError> {
+    async fn claim(&self, update: UpdateItemFluentBuilder) -> Result<Result<Item, Option<Item>>, StoreError> {
         let sent = update
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
@@ -90,11 +80,7 @@ impl DynamoStore {
 
     /// Sends a write guarded by our lease; a lost lease is logged, not an error: the effect is
     /// recorded under its own key by whoever holds it now.
-    async fn guarded(
-        &self,
-        update: UpdateItemFluentBuilder,
-        what: &str,
-    ) -> Result<bool, StoreError> {
+    async fn guarded(&self, update: UpdateItemFluentBuilder, what: &str) -> Result<bool, StoreError> {
         match update.send().await {
             Ok(_) => Ok(true),
             Err(err) => {
@@ -111,9 +97,7 @@ fn condition_failed(err: SdkError<UpdateItemError>) -> Result<Option<Item>, Stor
     match err {
         SdkError::ServiceError(service) => match service.into_err() {
             UpdateItemError::ConditionalCheckFailedException(e) => Ok(e.item),
-            other => Err(StoreError::Unavailable(
-                DisplayErrorContext(other).to_string(),
-            )),
+            other => Err(StoreError::Unavailable(DisplayErrorContext(other).to_string())),
         },
         other => Err(unavailable(other)),
     }
@@ -124,10 +108,7 @@ fn unavailable<E: std::error::Error + 'static>(err: E) -> StoreError {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
 fn now_iso() -> String {
@@ -143,15 +124,11 @@ fn n(v: impl ToString) -> AttributeValue {
 }
 
 fn get_s<'a>(item: &'a Item, key: &str) -> Option<&'a str> {
-    item.get(key)
-        .and_then(|v| v.as_s().ok())
-        .map(String::as_str)
+    item.get(key).and_then(|v| v.as_s().ok()).map(String::as_str)
 }
 
 fn get_n(item: &Item, key: &str) -> Option<u64> {
-    item.get(key)
-        .and_then(|v| v.as_n().ok())
-        .and_then(|v| v.parse().ok())
+    item.get(key).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
 }
 
 fn corrupt(what: &str) -> StoreError {
@@ -159,10 +136,7 @@ fn corrupt(what: &str) -> StoreError {
 }
 
 fn lease_from(item: &Item, token: String, attempts_attr: &str) -> Lease {
-    Lease {
-        token,
-        attempt: get_n(item, attempts_attr).unwrap_or(1) as u32,
-    }
+    Lease { token, attempt: get_n(item, attempts_attr).unwrap_or(1) as u32 }
 }
 
 fn new_token() -> String {
@@ -174,10 +148,7 @@ fn delivery_key(id: &DeliveryId) -> (String, String) {
 }
 
 fn creation_key(key: &CreationKey) -> (String, String) {
-    (
-        format!("REPO#{}", key.repo.key()),
-        format!("CREATE#PR#{}#ENV#{}", key.pr_number, key.environment),
-    )
+    (format!("REPO#{}", key.repo.key()), format!("CREATE#PR#{}#ENV#{}", key.pr_number, key.environment))
 }
 
 fn deployment_key(repo: &RepoFullName, id: DeploymentId) -> (String, String) {
@@ -187,8 +158,7 @@ fn deployment_key(repo: &RepoFullName, id: DeploymentId) -> (String, String) {
 fn creation_record(item: &Item) -> Result<Option<CreationRecord>, StoreError> {
     match get_s(item, "state") {
         Some("created") => {
-            let id = get_n(item, "deployment_id")
-                .ok_or_else(|| corrupt("created item without deployment_id"))?;
+            let id = get_n(item, "deployment_id").ok_or_else(|| corrupt("created item without deployment_id"))?;
             Ok(Some(CreationRecord::Created(DeploymentId(id))))
         }
         Some("rejected") => Ok(Some(CreationRecord::Rejected {
@@ -200,9 +170,7 @@ fn creation_record(item: &Item) -> Result<Option<CreationRecord>, StoreError> {
 }
 
 fn run_state(item: &Item) -> Option<DeploymentState> {
-    get_s(item, "run_state")
-        .and_then(|s| DeploymentState::parse(s).ok())
-        .filter(|s| s.is_terminal())
+    get_s(item, "run_state").and_then(|s| DeploymentState::parse(s).ok()).filter(|s| s.is_terminal())
 }
 
 fn report_to_item(report: &DeployReport) -> AttributeValue {
@@ -241,17 +209,9 @@ fn with_status(
     let optional = [
         ("status_description = :sdesc", ":sdesc", &status.description),
         ("status_log_url = :slog", ":slog", &status.log_url),
-        (
-            "status_environment_url = :senvurl",
-            ":senvurl",
-            &status.environment_url,
-        ),
+        ("status_environment_url = :senvurl", ":senvurl", &status.environment_url),
         ("status_creator = :screator", ":screator", &status.creator),
-        (
-            "status_created_at = :screated",
-            ":screated",
-            &status.created_at,
-        ),
+        ("status_created_at = :screated", ":screated", &status.created_at),
     ];
     for (clause, name, value) in optional {
         if let Some(value) = value {
@@ -301,16 +261,13 @@ impl Store for DynamoStore {
         })
     }
 
-    async fn complete_delivery(
-        &self,
-        id: &DeliveryId,
-        lease: &Lease,
-        outcome: &str,
-    ) -> Result<(), StoreError> {
+    async fn complete_delivery(&self, id: &DeliveryId, lease: &Lease, outcome: &str) -> Result<(), StoreError> {
         let (pk, sk) = delivery_key(id);
         let update = self
             .update(pk, sk)
-            .update_expression("SET #state = :done, outcome = :outcome, updated_at = :iso REMOVE lease_token, lease_until, last_error")
+            .update_expression(
+                "SET #state = :done, outcome = :outcome, updated_at = :iso REMOVE lease_token, lease_until, last_error",
+            )
             .condition_expression("lease_token = :token")
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":done", s("done"))
@@ -320,12 +277,7 @@ impl Store for DynamoStore {
         self.guarded(update, "complete delivery").await.map(drop)
     }
 
-    async fn abandon_delivery(
-        &self,
-        id: &DeliveryId,
-        lease: &Lease,
-        reason: &str,
-    ) -> Result<(), StoreError> {
+    async fn abandon_delivery(&self, id: &DeliveryId, lease: &Lease, reason: &str) -> Result<(), StoreError> {
         let (pk, sk) = delivery_key(id);
         let update = self
             .update(pk, sk)
@@ -378,10 +330,7 @@ impl Store for DynamoStore {
         })
     }
 
-    async fn read_deployment_creation(
-        &self,
-        key: &CreationKey,
-    ) -> Result<Option<CreationRecord>, StoreError> {
+    async fn read_deployment_creation(&self, key: &CreationKey) -> Result<Option<CreationRecord>, StoreError> {
         let (pk, sk) = creation_key(key);
         match self.get(pk, sk).await? {
             Some(item) => creation_record(&item),
@@ -404,7 +353,9 @@ impl Store for DynamoStore {
             .expression_attribute_values(":iso", s(now_iso()));
         let update = match record {
             CreationRecord::Created(id) => update
-                .update_expression("SET #state = :created, deployment_id = :id, updated_at = :iso REMOVE lease_token, lease_until")
+                .update_expression(
+                    "SET #state = :created, deployment_id = :id, updated_at = :iso REMOVE lease_token, lease_until",
+                )
                 .expression_attribute_values(":created", s("created"))
                 .expression_attribute_values(":id", n(id.0)),
             CreationRecord::Rejected { status, message } => update
@@ -416,16 +367,10 @@ impl Store for DynamoStore {
                 .expression_attribute_values(":status", n(status))
                 .expression_attribute_values(":message", s(message)),
         };
-        self.guarded(update, "finish deployment creation")
-            .await
-            .map(drop)
+        self.guarded(update, "finish deployment creation").await.map(drop)
     }
 
-    async fn release_deployment_creation(
-        &self,
-        key: &CreationKey,
-        lease: &Lease,
-    ) -> Result<(), StoreError> {
+    async fn release_deployment_creation(&self, key: &CreationKey, lease: &Lease) -> Result<(), StoreError> {
         let (pk, sk) = creation_key(key);
         let update = self
             .update(pk, sk)
@@ -434,9 +379,7 @@ impl Store for DynamoStore {
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":iso", s(now_iso()))
             .expression_attribute_values(":token", s(&lease.token));
-        self.guarded(update, "release deployment creation")
-            .await
-            .map(drop)
+        self.guarded(update, "release deployment creation").await.map(drop)
     }
 
     async fn claim_deployment_run(
@@ -483,13 +426,9 @@ impl Store for DynamoStore {
             sets.push("created_at = :created");
             update = update.expression_attribute_values(":created", s(created_at));
         }
-        let update =
-            update.update_expression(format!("SET {} ADD run_attempts :one", sets.join(", ")));
+        let update = update.update_expression(format!("SET {} ADD run_attempts :one", sets.join(", ")));
         Ok(match self.claim(update).await? {
-            Ok(item) => Claim::Acquired(
-                lease_from(&item, token, "run_attempts"),
-                report_from_item(&item),
-            ),
+            Ok(item) => Claim::Acquired(lease_from(&item, token, "run_attempts"), report_from_item(&item)),
             Err(Some(old)) => match run_state(&old) {
                 Some(state) => Claim::Done(state),
                 None => Claim::Busy,
@@ -525,25 +464,17 @@ impl Store for DynamoStore {
         let (with_status, mut sets) = with_status(base.clone(), final_status);
         sets.extend(["run_state = :final", "updated_at = :iso"]);
         let update = with_status
-            .update_expression(format!(
-                "SET {} REMOVE run_token, run_lease_until, pending_report",
-                sets.join(", ")
-            ))
-            .condition_expression(
-                "run_token = :token AND (attribute_not_exists(status_id) OR status_id < :sid)",
-            );
-        if self
-            .guarded(update, "finish deployment run with status")
-            .await?
-        {
+            .update_expression(format!("SET {} REMOVE run_token, run_lease_until, pending_report", sets.join(", ")))
+            .condition_expression("run_token = :token AND (attribute_not_exists(status_id) OR status_id <= :sid)");
+        if self.guarded(update, "finish deployment run with status").await? {
             return Ok(());
         }
         let update = base
-            .update_expression("SET run_state = :final, updated_at = :iso REMOVE run_token, run_lease_until, pending_report")
+            .update_expression(
+                "SET run_state = :final, updated_at = :iso REMOVE run_token, run_lease_until, pending_report",
+            )
             .condition_expression("run_token = :token");
-        self.guarded(update, "finish deployment run")
-            .await
-            .map(drop)
+        self.guarded(update, "finish deployment run").await.map(drop)
     }
 
     async fn release_deployment_run(
@@ -562,15 +493,11 @@ impl Store for DynamoStore {
             .expression_attribute_values(":token", s(&lease.token));
         update = match report {
             Some(report) => update
-                .update_expression(
-                    "SET run_lease_until = :zero, updated_at = :iso, pending_report = :report",
-                )
+                .update_expression("SET run_lease_until = :zero, updated_at = :iso, pending_report = :report")
                 .expression_attribute_values(":report", report_to_item(report)),
             None => update.update_expression("SET run_lease_until = :zero, updated_at = :iso"),
         };
-        self.guarded(update, "release deployment run")
-            .await
-            .map(drop)
+        self.guarded(update, "release deployment run").await.map(drop)
     }
 
     async fn record_deployment_status(
@@ -582,12 +509,7 @@ impl Store for DynamoStore {
     ) -> Result<bool, StoreError> {
         let (pk, sk) = deployment_key(repo, id);
         let (mut update, mut sets) = with_status(self.update(pk, sk), status);
-        sets.extend([
-            "deployment_id = :id",
-            "repository = :repo",
-            "updated_at = :iso",
-            "kind = :kind",
-        ]);
+        sets.extend(["deployment_id = :id", "repository = :repo", "updated_at = :iso", "kind = :kind"]);
         update = update
             .expression_attribute_values(":id", n(id.0))
             .expression_attribute_values(":repo", s(repo.as_str()))
@@ -599,7 +521,7 @@ impl Store for DynamoStore {
         }
         let update = update
             .update_expression(format!("SET {}", sets.join(", ")))
-            .condition_expression("attribute_not_exists(status_id) OR status_id < :sid");
+            .condition_expression("attribute_not_exists(status_id) OR status_id <= :sid");
         match update.send().await {
             Ok(_) => Ok(true),
             Err(err) => condition_failed(err).map(|_| false),

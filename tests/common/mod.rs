@@ -9,8 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
 };
 use base64::Engine;
 use deploy_webhook::deploy::hook::{DeployTargets, HookDeployer};
@@ -56,10 +55,13 @@ pub fn dynamo_endpoint() -> &'static str {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {python} tools/local_dynamodb.py ({e}); run `make test`, which installs .venv"));
+                .unwrap_or_else(|e| {
+                    panic!("cannot start {python} tools/local_dynamodb.py ({e}); run `make test`, which installs .venv")
+                });
             let mut line = String::new();
             BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-            let port = line.trim().strip_prefix("PORT ").unwrap_or_else(|| panic!("local DynamoDB did not start: {line:?}"));
+            let port =
+                line.trim().strip_prefix("PORT ").unwrap_or_else(|| panic!("local DynamoDB did not start: {line:?}"));
             LocalDynamo { endpoint: format!("http://127.0.0.1:{port}"), _child: Some(Mutex::new(child)) }
         })
         .endpoint
@@ -69,9 +71,7 @@ pub async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
     // SAFETY of the env: only dummy credentials, for the local server.
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-            "local", "local", None, None, "tests",
-        ))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("local", "local", None, None, "tests"))
         .endpoint_url(endpoint)
         .timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
@@ -95,33 +95,13 @@ pub async fn create_table(client: &aws_sdk_dynamodb::Client) -> String {
         .table_name(&name)
         .billing_mode(BillingMode::PayPerRequest)
         .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("pk")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
+            AttributeDefinition::builder().attribute_name("pk").attribute_type(ScalarAttributeType::S).build().unwrap(),
         )
         .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("sk")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
+            AttributeDefinition::builder().attribute_name("sk").attribute_type(ScalarAttributeType::S).build().unwrap(),
         )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("pk")
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("sk")
-                .key_type(KeyType::Range)
-                .build()
-                .unwrap(),
-        )
+        .key_schema(KeySchemaElement::builder().attribute_name("pk").key_type(KeyType::Hash).build().unwrap())
+        .key_schema(KeySchemaElement::builder().attribute_name("sk").key_type(KeyType::Range).build().unwrap())
         .send()
         .await
         .expect("create table");
@@ -131,33 +111,20 @@ pub async fn create_table(client: &aws_sdk_dynamodb::Client) -> String {
 pub type Item = std::collections::HashMap<String, AttributeValue>;
 
 pub async fn scan(client: &aws_sdk_dynamodb::Client, table: &str) -> Vec<Item> {
-    let out = client
-        .scan()
-        .table_name(table)
-        .consistent_read(true)
-        .send()
-        .await
-        .expect("scan");
+    let out = client.scan().table_name(table).consistent_read(true).send().await.expect("scan");
     out.items.unwrap_or_default()
 }
 
 pub fn attr_s<'a>(item: &'a Item, key: &str) -> Option<&'a str> {
-    item.get(key)
-        .and_then(|v| v.as_s().ok())
-        .map(String::as_str)
+    item.get(key).and_then(|v| v.as_s().ok()).map(String::as_str)
 }
 
 pub fn attr_n(item: &Item, key: &str) -> Option<u64> {
-    item.get(key)
-        .and_then(|v| v.as_n().ok())
-        .and_then(|v| v.parse().ok())
+    item.get(key).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
 }
 
 pub fn items_with_sk_prefix<'a>(items: &'a [Item], prefix: &str) -> Vec<&'a Item> {
-    items
-        .iter()
-        .filter(|i| attr_s(i, "sk").is_some_and(|sk| sk.starts_with(prefix)))
-        .collect()
+    items.iter().filter(|i| attr_s(i, "sk").is_some_and(|sk| sk.starts_with(prefix))).collect()
 }
 
 /// Makes the local server fail the next `count` requests on `table` (`throttle` or `unavailable`).
@@ -173,10 +140,7 @@ pub async fn inject_dynamo_faults(table: &str, count: u32, kind: &str) {
 // ------------------------------------------------------------------ payloads and events
 
 pub fn fixture(name: &str) -> Value {
-    let path = format!(
-        "{}/tests/data/webhooks/{name}.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/tests/data/webhooks/{name}.json", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
@@ -212,11 +176,7 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
 }
 
 pub fn new_delivery_id() -> String {
-    format!(
-        "{:08x}-{:04x}-11e3-81ab-4c9367dc0958",
-        fastrand::u32(..),
-        fastrand::u16(..)
-    )
+    format!("{:08x}-{:04x}-11e3-81ab-4c9367dc0958", fastrand::u32(..), fastrand::u16(..))
 }
 
 /// An API Gateway HTTP API (v2) event as Lambda receives it.
@@ -231,12 +191,7 @@ impl Event {
     /// A JSON delivery of `event`, signed with `SECRET`.
     pub fn github(event: &str, delivery: &str, payload: &Value) -> Self {
         let body = serde_json::to_vec(payload).unwrap();
-        let mut e = Self {
-            method: "POST".into(),
-            headers: Default::default(),
-            body,
-            base64: false,
-        };
+        let mut e = Self { method: "POST".into(), headers: Default::default(), body, base64: false };
         e.set("content-type", "application/json");
         e.set("user-agent", "GitHub-Hookshot/044aadd");
         e.set("x-github-event", event);
@@ -249,10 +204,7 @@ impl Event {
     /// The same delivery, form-encoded (`payload=<json>`) as GitHub sends with that setting.
     pub fn form_encoded(mut self) -> Self {
         let json = String::from_utf8(self.body.clone()).unwrap();
-        self.body = form_urlencoded::Serializer::new(String::new())
-            .append_pair("payload", &json)
-            .finish()
-            .into_bytes();
+        self.body = form_urlencoded::Serializer::new(String::new()).append_pair("payload", &json).finish().into_bytes();
         self.set("content-type", "application/x-www-form-urlencoded");
         self.resign(SECRET);
         self
@@ -359,8 +311,7 @@ impl TestApp {
     pub async fn send(&self, event: &Event) -> (u16, Value) {
         let response = self.handler.handle(event.request()).await;
         let status = response.status().as_u16();
-        let body: Value =
-            serde_json::from_slice(response.body().as_ref()).expect("a JSON response");
+        let body: Value = serde_json::from_slice(response.body().as_ref()).expect("a JSON response");
         (status, body)
     }
 
@@ -427,25 +378,17 @@ impl TestAppBuilder {
         let table = create_table(&dynamo).await;
         let github = MockServer::start().await;
 
-        let function_sdk =
-            sdk_config(self.dynamo_endpoint.as_deref().unwrap_or(dynamo_endpoint())).await;
+        let function_sdk = sdk_config(self.dynamo_endpoint.as_deref().unwrap_or(dynamo_endpoint())).await;
         let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&function_sdk), &table);
-        let client =
-            GitHubClient::new(&github.uri(), &TOKEN.to_owned().into(), self.retry).unwrap();
+        let client = GitHubClient::new(&github.uri(), &TOKEN.to_owned().into(), self.retry).unwrap();
         let secrets = WebhookSecrets::from_list(SECRET).unwrap();
-        let deployer =
-            HookDeployer::new(self.targets, secrets.clone(), Duration::from_secs(3)).unwrap();
+        let deployer = HookDeployer::new(self.targets, secrets.clone(), Duration::from_secs(3)).unwrap();
         let mut settings = ServiceSettings::new(self.rules);
         if let Some(tweak) = self.settings_tweak {
             tweak(&mut settings);
         }
         let service = Service::new(store, client, deployer, settings);
         let handler = Arc::new(WebhookHandler::new(service, secrets, self.budget));
-        TestApp {
-            handler,
-            github,
-            dynamo,
-            table,
-        }
+        TestApp { handler, github, dynamo, table }
     }
 }

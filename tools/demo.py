@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""`make run`: the whole flow on this machine, with no AWS account and no network.
+
+Starts a local DynamoDB (moto, table created), a GitHub stand-in on loopback, and the real
+function (the release binary under a local Lambda Runtime API), then sends sample events through
+it in the order GitHub would: ping → a merged PR → the deployment it created → that deployment's
+status, plus a redelivery and two deliveries that are refused or ignored. It prints each response,
+each GitHub API call, and the final DynamoDB state; it exits non-zero if anything differs from
+what the README promises. Everything it starts is stopped at the end.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import events  # noqa: E402
+from github_standin import GitHubStandIn  # noqa: E402
+from lambda_local import LocalLambda, status_of  # noqa: E402
+
+TABLE = "deploy-webhook-local"
+SECRET = events.SAMPLE_SECRET
+BINARY = ROOT / "target" / "release" / "deploy-webhook"
+BOLD, DIM, GREEN, RED, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m") if sys.stdout.isatty() \
+    else ("", "", "", "", "")
+
+failures = []
+
+
+def short(value, width=110):
+    text = json.dumps(value, separators=(",", ":")) if not isinstance(value, str) else value
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def show_call(call):
+    body = call["body"]
+    if body and "ref" in body:
+        body = {k: body[k] for k in ("ref", "environment", "production_environment", "description") if k in body}
+    print(f"      {DIM}GitHub ←{RESET} {call['method']} {call['path']} {short(body) if body else ''} "
+          f"{DIM}→ {call['status']}{RESET}")
+
+
+def send(fn, title, event, expect_status, expect_word=None):
+    print(f"\n{BOLD}▶ {title}{RESET}")
+    code, body = status_of(fn.invoke(event))
+    word = body.get("status") if isinstance(body, dict) else None
+    ok = code == expect_status and (expect_word is None or word == expect_word)
+    colour = GREEN if ok else RED
+    print(f"  {colour}← {code}{RESET} {short(body, 150)}")
+    if not ok:
+        failures.append(f"{title}: expected {expect_status} {expect_word or ''}, got {code} {word}")
+    return body
+
+
+def start_dynamodb(log):
+    proc = subprocess.Popen([str(ROOT / ".venv/bin/python"), str(ROOT / "tools/local_dynamodb.py"),
+                             "--table", TABLE, "--exit-with-parent"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+    line = proc.stdout.readline().decode().strip()
+    if not line.startswith("PORT "):
+        raise SystemExit(f"the local DynamoDB did not start: {line!r} (see {log.name})")
+    return proc, f"http://127.0.0.1:{line.split()[1]}"
+
+
+def print_table(endpoint):
+    import boto3
+    client = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="local", aws_secret_access_key="local")
+    items = client.scan(TableName=TABLE, ConsistentRead=True)["Items"]
+    print(f"\n{BOLD}DynamoDB table {TABLE}: {len(items)} items{RESET}")
+    plain = [{k: list(v.values())[0] for k, v in item.items()} for item in items]
+    for item in sorted(plain, key=lambda i: (i["pk"], i["sk"])):
+        keys = ("state", "event_name", "attempts", "deployment_id", "environment", "sha", "run_state",
+                "status_state", "status_id", "status_environment_url", "outcome")
+        fields = ", ".join(f"{k}={short(item[k], 60)}" for k in keys if k in item)
+        print(f"  {item['pk']}  {item['sk']}")
+        print(textwrap.indent(textwrap.fill(fields, 100), "      "))
+    return plain
+
+
+def main():
+    if not BINARY.exists():
+        raise SystemExit(f"{BINARY} is missing: run `make run` (it builds it)")
+    run_dir = ROOT / ".run"
+    run_dir.mkdir(exist_ok=True)
+    ddb_log = open(run_dir / "dynamodb.log", "wb")
+    fn_log = open(run_dir / "function.log", "wb")
+    ddb, endpoint = start_dynamodb(ddb_log)
+    github = GitHubStandIn(on_call=show_call).start()
+    fn = LocalLambda([str(BINARY)], env={
+        "GITHUB_WEBHOOK_SECRET": SECRET,
+        "GITHUB_TOKEN": "ghp_local_demo_token",
+        "GITHUB_API_URL": github.url,
+        "DEPLOYMENTS_TABLE": TABLE,
+        "ENVIRONMENT_URL": "https://hello-world.example.com",
+        "AWS_ENDPOINT_URL_DYNAMODB": endpoint,
+        "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
+        "AWS_LAMBDA_LOG_FORMAT": "JSON", "AWS_LAMBDA_LOG_LEVEL": "INFO",
+    }, log=fn_log).start()
+    print(f"{BOLD}deploy-webhook, locally{RESET}: function {BINARY.relative_to(ROOT)} under a local Lambda "
+          f"runtime, DynamoDB {endpoint}, GitHub stand-in {github.url}")
+    try:
+        load = lambda name: json.loads((ROOT / "events" / f"{name}.json").read_text())  # noqa: E731
+        send(fn, "ping (events/ping.json)", load("ping"), 200, "pong")
+        merged = load("pull_request_merged")
+        created = send(fn, "pull request #2 merged into master (events/pull_request_merged.json)",
+                       merged, 200, "processed")
+        deployment_id = created["detail"]["deployments"][0]["deployment_id"]
+
+        # GitHub now sends the `deployment` event for the deployment it created.
+        dep = github.deployments[deployment_id]
+        payload = events.load_payload("deployment.created")
+        payload["deployment"].update(id=deployment_id, sha=dep["sha"], ref=dep["ref"], environment=dep["environment"],
+                                     payload=dep["payload"], description=dep["description"])
+        send(fn, f"deployment {deployment_id} created (GitHub's event for it)",
+             events.api_gateway_event("deployment", payload, str(uuid.uuid4()), SECRET), 200, "processed")
+
+        # ... and a `deployment_status` event for each status; the last one is recorded.
+        last = github.statuses[deployment_id][-1]
+        status_payload = events.load_payload("deployment_status.success")
+        status_payload["deployment"].update(id=deployment_id, sha=dep["sha"], environment=dep["environment"])
+        status_payload["deployment_status"].update({k: last[k] for k in (
+            "id", "state", "description", "environment_url", "log_url", "target_url", "created_at", "updated_at")})
+        send(fn, f"deployment_status {last['state']} for deployment {deployment_id}",
+             events.api_gateway_event("deployment_status", status_payload, str(uuid.uuid4()), SECRET), 200, "processed")
+
+        calls_before = len(github.calls)
+        send(fn, "the merged PR redelivered (same X-GitHub-Delivery)", merged, 200, "duplicate")
+        send(fn, "pull request closed without merging", load("pull_request_closed_unmerged"), 200, "ignored")
+        send(fn, "a delivery signed with the wrong secret (events/bad_signature.json)", load("bad_signature"), 401)
+        if len(github.calls) != calls_before:
+            failures.append("a duplicate or refused delivery called GitHub")
+
+        items = print_table(endpoint)
+        deployments = [i for i in items if i["sk"].startswith("DEPLOYMENT#")]
+        if len([i for i in items if i["sk"].startswith("CREATE#")]) != 1 or len(deployments) != 1 \
+                or deployments[0].get("status_state") != "success":
+            failures.append("the final DynamoDB state is not one created deployment in state success")
+        posted = [c for c in github.calls if c["method"] == "POST"]
+        print(f"\n{BOLD}GitHub received {len(github.calls)} calls{RESET}: "
+              + ", ".join(f"{c['method']} {c['path'].rsplit('/', 1)[-1]}"
+                          + (f" ({c['body']['state']})" if c['body'] and 'state' in c['body'] else "")
+                          for c in github.calls))
+        if [c["body"].get("state") for c in posted[1:]] != ["in_progress", "success"]:
+            failures.append("the deployment's statuses were not in_progress then success")
+    finally:
+        fn.stop()
+        github.stop()
+        ddb.terminate()
+        ddb.wait()
+    print(f"\nFunction logs (JSON): {fn_log.name}")
+    if failures:
+        print(f"{RED}{BOLD}FAILED{RESET}:\n  " + "\n  ".join(failures))
+        return 1
+    print(f"{GREEN}{BOLD}The whole flow worked.{RESET}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""A GitHub REST stand-in on 127.0.0.1 for the deployments endpoints, for local runs.
+
+Serves, in memory:
+    POST /repos/{owner}/{repo}/deployments                 -> 201 {"id": ...}
+    GET  /repos/{owner}/{repo}/deployments?sha=&environment=
+    POST /repos/{owner}/{repo}/deployments/{id}/statuses   -> 201 {"id": ..., "state": ...}
+    GET  /repos/{owner}/{repo}/deployments/{id}/statuses
+It checks the headers GitHub requires (Authorization, Accept, X-GitHub-Api-Version) and the
+required body fields, and records every call so a caller can print or assert them.
+
+    gh = GitHubStandIn(on_call=print).start(); gh.url; gh.calls; gh.stop()
+Run alone (`github_standin.py --port 8790`) it serves until stopped and prints each call.
+Only the Python standard library is used.
+"""
+import argparse
+import itertools
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+DEPLOYMENTS = re.compile(r"^/repos/([^/]+/[^/]+)/deployments$")
+STATUSES = re.compile(r"^/repos/([^/]+/[^/]+)/deployments/(\d+)/statuses$")
+STATES = {"error", "failure", "inactive", "in_progress", "queued", "pending", "success"}
+
+
+class GitHubStandIn:
+    def __init__(self, port=0, on_call=None):
+        self.port = port
+        self.on_call = on_call
+        self.lock = threading.Lock()
+        self.calls = []
+        self.deployments = {}   # id -> deployment
+        self.statuses = {}      # deployment id -> [status]
+        self.ids = itertools.count(1000)
+        self.server = None
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self):
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self):
+        self.server.shutdown()
+
+    def _record(self, method, path, body, status):
+        call = {"method": method, "path": path, "body": body, "status": status}
+        with self.lock:
+            self.calls.append(call)
+        if self.on_call:
+            self.on_call(call)
+
+    def _handler(self):
+        gh = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, code, payload, body_in=None):
+                raw = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+                gh._record(self.command, self.path, body_in, code)
+
+            def _check_headers(self):
+                if not (self.headers.get("Authorization") or "").startswith(("Bearer ", "token ")):
+                    return "Requires authentication"
+                if self.headers.get("X-GitHub-Api-Version") not in (None, "2022-11-28"):
+                    return "Unsupported API version"
+                return None
+
+            def do_GET(self):
+                problem = self._check_headers()
+                if problem:
+                    return self._reply(401, {"message": problem})
+                url = urlparse(self.path)
+                query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                if m := DEPLOYMENTS.match(url.path):
+                    with gh.lock:
+                        found = [d for d in gh.deployments.values() if d["repo"] == m[1]
+                                 and query.get("sha") in (None, d["sha"])
+                                 and query.get("environment") in (None, d["environment"])]
+                    return self._reply(200, sorted(found, key=lambda d: -d["id"]))
+                if m := STATUSES.match(url.path):
+                    with gh.lock:
+                        found = list(reversed(gh.statuses.get(int(m[2]), [])))
+                    return self._reply(200, found)
+                self._reply(404, {"message": "Not Found"})
+
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                problem = self._check_headers()
+                try:
+                    body = json.loads(raw or b"{}")
+                except ValueError:
+                    return self._reply(400, {"message": "Problems parsing JSON"})
+                if problem:
+                    return self._reply(401, {"message": problem}, body)
+                now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                if m := DEPLOYMENTS.match(self.path):
+                    if not isinstance(body.get("ref"), str):
+                        return self._reply(422, {"message": "Validation Failed",
+                                                 "errors": [{"field": "ref", "code": "missing_field"}]}, body)
+                    if len(body.get("description") or "") > 140:
+                        return self._reply(422, {"message": "Validation Failed",
+                                                 "errors": [{"field": "description", "code": "too_long"}]}, body)
+                    with gh.lock:
+                        dep = {"id": next(gh.ids), "repo": m[1], "sha": body["ref"], "ref": body["ref"],
+                               "task": body.get("task", "deploy"), "payload": body.get("payload", {}),
+                               "environment": body.get("environment", "production"),
+                               "description": body.get("description"), "creator": {"login": "deploy-bot"},
+                               "created_at": now, "production_environment": body.get("production_environment")}
+                        gh.deployments[dep["id"]] = dep
+                    return self._reply(201, dep, body)
+                if m := STATUSES.match(self.path):
+                    deployment_id = int(m[2])
+                    if deployment_id not in gh.deployments:
+                        return self._reply(404, {"message": "Not Found"}, body)
+                    if body.get("state") not in STATES:
+                        return self._reply(422, {"message": "Validation Failed",
+                                                 "errors": [{"field": "state", "code": "invalid"}]}, body)
+                    with gh.lock:
+                        status = {"id": next(gh.ids), "state": body["state"],
+                                  "description": body.get("description", ""),
+                                  "log_url": body.get("log_url", ""), "target_url": body.get("log_url", ""),
+                                  "environment_url": body.get("environment_url", ""),
+                                  "environment": gh.deployments[deployment_id]["environment"],
+                                  "creator": {"login": "deploy-bot"}, "created_at": now, "updated_at": now}
+                        gh.statuses.setdefault(deployment_id, []).append(status)
+                    return self._reply(201, status, body)
+                self._reply(404, {"message": "Not Found"}, body)
+
+        return Handler
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="GitHub deployments API stand-in")
+    parser.add_argument("--port", type=int, default=8790)
+    args = parser.parse_args()
+    gh = GitHubStandIn(port=args.port, on_call=lambda c: print(
+        f"GitHub <- {c['method']} {c['path']} -> {c['status']} {json.dumps(c['body']) if c['body'] else ''}",
+        flush=True)).start()
+    print(f"GitHub stand-in on {gh.url}", flush=True)
+    threading.Event().wait()
