@@ -27,7 +27,7 @@ lint: ## rustfmt and clippy, warnings denied
 	cargo clippy --all-targets --locked -- -D warnings
 
 .PHONY: test
-test: $(STAMP) lint ## everything CI checks: lint, unit and integration tests
+test: $(STAMP) lint template-check ## everything CI checks: lint, template checks, unit and integration tests
 	cargo test --locked --all-targets
 
 # ---------------------------------------------------------------- running it locally

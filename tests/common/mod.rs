@@ -284,6 +284,7 @@ pub struct TestAppBuilder {
     settings_tweak: Option<SettingsTweak>,
     dynamo_endpoint: Option<String>,
     budget: Duration,
+    secret: String,
 }
 
 impl TestApp {
@@ -300,6 +301,7 @@ impl TestApp {
             settings_tweak: None,
             dynamo_endpoint: None,
             budget: Duration::from_secs(8),
+            secret: SECRET.to_owned(),
         }
     }
 
@@ -309,7 +311,11 @@ impl TestApp {
 
     /// Sends one event through the real handler: (HTTP status, JSON body).
     pub async fn send(&self, event: &Event) -> (u16, Value) {
-        let response = self.handler.handle(event.request()).await;
+        self.send_request(event.request()).await
+    }
+
+    pub async fn send_request(&self, request: Request) -> (u16, Value) {
+        let response = self.handler.handle(request).await;
         let status = response.status().as_u16();
         let body: Value = serde_json::from_slice(response.body().as_ref()).expect("a JSON response");
         (status, body)
@@ -357,6 +363,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// The webhook secret(s) the function is configured with (a comma-separated list).
+    pub fn secret(mut self, secret: &str) -> Self {
+        self.secret = secret.to_owned();
+        self
+    }
+
     pub fn budget(mut self, budget: Duration) -> Self {
         self.budget = budget;
         self
@@ -381,7 +393,7 @@ impl TestAppBuilder {
         let function_sdk = sdk_config(self.dynamo_endpoint.as_deref().unwrap_or(dynamo_endpoint())).await;
         let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&function_sdk), &table);
         let client = GitHubClient::new(&github.uri(), &TOKEN.to_owned().into(), self.retry).unwrap();
-        let secrets = WebhookSecrets::from_list(SECRET).unwrap();
+        let secrets = WebhookSecrets::from_list(&self.secret).unwrap();
         let deployer = HookDeployer::new(self.targets, secrets.clone(), Duration::from_secs(3)).unwrap();
         let mut settings = ServiceSettings::new(self.rules);
         if let Some(tweak) = self.settings_tweak {
