@@ -194,7 +194,6 @@ impl<S: Store, G: GitHub, D: DeployAction> Service<S, G, D> {
         }
     }
 
-    #[tracing::instrument(skip_all, fields(delivery_id = %delivery.id, event = delivery.event.kind()))]
     pub async fn handle(&self, delivery: Delivery, deadline: Deadline) -> Result<Outcome, ServiceError> {
         let id = delivery.id;
         let work = match self.plan(delivery.event) {
