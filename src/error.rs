@@ -16,6 +16,8 @@ use crate::http::signature::SignatureError;
 pub enum AppError {
     #[error("only POST is accepted")]
     MethodNotAllowed,
+    #[error("the body is larger than 6 MB")]
+    TooLarge,
     #[error(transparent)]
     Signature(#[from] SignatureError),
     #[error("the {0} header is missing")]
@@ -34,6 +36,7 @@ impl AppError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
             Self::Body(BodyError::UnsupportedContentType(_)) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::MissingHeader(_) | Self::BadHeader(_) | Self::Body(_) | Self::Event(_) => StatusCode::BAD_REQUEST,
@@ -47,6 +50,7 @@ impl AppError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::TooLarge => "too_large",
             Self::Signature(_) => "unauthorized",
             Self::MissingHeader(_) | Self::BadHeader(_) | Self::Body(_) | Self::Event(_) => "bad_request",
             Self::Service(ServiceError::InProgress) => "in_progress",

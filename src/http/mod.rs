@@ -20,6 +20,10 @@ use signature::WebhookSecrets;
 pub const EVENT_HEADER: &str = "x-github-event";
 pub const DELIVERY_HEADER: &str = "x-github-delivery";
 pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
+/// Lambda's limit for a synchronous invocation's payload; GitHub caps deliveries at 25 MB but
+/// API Gateway and Lambda refuse more than this before we run. Checked anyway, before the HMAC,
+/// so that an oversized body costs nothing.
+pub const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
 
 /// Everything a request needs, built once per cold start.
 pub struct WebhookHandler<S, G, D> {
@@ -83,6 +87,9 @@ impl<S: Store, G: GitHub, D: DeployAction> WebhookHandler<S, G, D> {
         }
         let headers = request.headers();
         let raw_body: &[u8] = request.body().as_ref();
+        if raw_body.len() > MAX_BODY_BYTES {
+            return Err(AppError::TooLarge);
+        }
         // The signature is checked over the raw bytes before anything reads them.
         self.secrets.verify(headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes()), raw_body)?;
 

@@ -226,7 +226,9 @@ impl Event {
     }
 
     pub fn to_json(&self) -> String {
-        let body = if self.base64 {
+        // API Gateway base64-encodes bodies that are not UTF-8 text.
+        let base64 = self.base64 || std::str::from_utf8(&self.body).is_err();
+        let body = if base64 {
             base64::engine::general_purpose::STANDARD.encode(&self.body)
         } else {
             String::from_utf8(self.body.clone()).unwrap()
@@ -256,7 +258,7 @@ impl Event {
                 "timeEpoch": 1795460400000u64
             },
             "body": body,
-            "isBase64Encoded": self.base64
+            "isBase64Encoded": base64
         })
         .to_string()
     }
