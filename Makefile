@@ -72,3 +72,15 @@ deploy: $(STAMP) ## sam build + sam deploy (guided the first time, when samconfi
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" SAM_CLI_TELEMETRY=0 sam build
 	if [ -f samconfig.toml ]; then PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sam deploy; \
 	else PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sam deploy --guided; fi
+
+# ---------------------------------------------------------------- reliability
+
+.PHONY: chaos
+chaos: $(STAMP) ## the chaos test at length (CHAOS_PRS=200; replay a run with CHAOS_SEED=<seed>)
+	CHAOS_PRS=$${CHAOS_PRS:-200} cargo test --locked --test chaos -- --nocapture
+
+# ---------------------------------------------------------------- performance
+
+.PHONY: bench
+bench: $(STAMP) ## cold start, warm cost, memory, calls and zip size vs the floor and the Python peer → docs/BENCHMARKS.md
+	$(PY) tools/bench.py

@@ -40,6 +40,9 @@ class LocalLambda:
         self.cond = threading.Condition()
         self.init_error = None
         self.proc = None
+        self.spawned_at = None
+        # When the process first asked for an event: the end of its init.
+        self.first_next_at = None
         self.server = None
 
     # -- the Runtime API ------------------------------------------------------------------------
@@ -66,6 +69,8 @@ class LocalLambda:
             def do_GET(self):
                 if self.path != f"{API}/invocation/next":
                     return self._reply(404)
+                if runtime.first_next_at is None:
+                    runtime.first_next_at = time.monotonic()
                 request_id, event = runtime.events.get()
                 if request_id is None:  # stopping
                     return self._reply(410)
@@ -113,9 +118,34 @@ class LocalLambda:
             "_HANDLER": "bootstrap",
             **self.env,
         }
+        self.spawned_at = time.monotonic()
         self.proc = subprocess.Popen(self.command, env=env, stdout=self.log, stderr=self.log,
                                      start_new_session=True)
         return self
+
+    def wait_ready(self, timeout=30.0):
+        """Waits for the end of init (the first GET /next); returns the init time in ms."""
+        deadline = time.monotonic() + timeout
+        while self.first_next_at is None:
+            if self.proc.poll() is not None or self.init_error:
+                raise FunctionError(f"init failed: {self.init_error or self.proc.returncode}")
+            if time.monotonic() > deadline:
+                raise FunctionError("init timed out")
+            time.sleep(0.0005)
+        return (self.first_next_at - self.spawned_at) * 1000
+
+    def cpu_seconds(self):
+        """User + system CPU time the process has used so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def peak_rss_mb(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
 
     def invoke(self, event, timeout=None):
         request_id = str(uuid.uuid4())
