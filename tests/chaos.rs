@@ -35,6 +35,9 @@ const REPOS: [&str; 3] = ["octo-org/api", "octo-org/web", "octo-org/worker"];
 const RULES: &str = "main=production,main=audit,release/*=staging";
 const LEASE: Duration = Duration::from_millis(1500);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(400);
+/// Concurrent "Lambda instances": deliveries beyond this wait for a free one, as Lambda's
+/// concurrency limit (or a reserved concurrency) would make them.
+const INSTANCES: usize = 16;
 /// How long the driver waits for an answer before it counts the instance as dead.
 const INVOCATION_TIMEOUT: Duration = Duration::from_secs(4);
 
@@ -451,10 +454,13 @@ async fn chaos_nothing_duplicated_nothing_lost() {
             faults_on.store(false, std::sync::atomic::Ordering::Relaxed);
         }
         let mut tasks = Vec::new();
+        let instances = Arc::new(tokio::sync::Semaphore::new(INSTANCES));
         for delivery in pending.drain(..) {
             let handler = Arc::clone(&handler);
             let github_state = github_state.clone();
+            let instances = Arc::clone(&instances);
             tasks.push(tokio::spawn(async move {
+                let _instance = instances.acquire().await.unwrap();
                 let event = Event::github(&delivery.event, &delivery.id, &delivery.payload);
                 let answer = tokio::time::timeout(INVOCATION_TIMEOUT, handler.handle(event.request())).await;
                 let (status, body) = match answer {
@@ -562,7 +568,13 @@ async fn chaos_nothing_duplicated_nothing_lost() {
             )
         })
         .collect();
-    let not_done = effect_deliveries.iter().filter(|id| ledger.get(*id).map(String::as_str) != Some("done")).count();
+    let not_done_ids: Vec<&String> =
+        effect_deliveries.iter().filter(|id| ledger.get(*id).map(String::as_str) != Some("done")).collect();
+    for id in &not_done_ids {
+        let history: Vec<u16> = answers.iter().filter(|(a, _)| a == *id).map(|(_, s)| *s).collect();
+        violations.push(format!("delivery {id} ended {:?} in the ledger; answers {history:?}", ledger.get(*id)));
+    }
+    let not_done = not_done_ids.len();
 
     let mut state_mismatches = 0;
     for (id, d) in &gh.deployments {

@@ -217,22 +217,23 @@ impl<S: Store, G: GitHub, D: DeployAction> Service<S, G, D> {
             Work::RunDeployment(d) => self.run_deployment(&id, &d, deadline).await,
         };
 
-        match result {
-            Ok(outcome) => {
-                // The effects are recorded under their own keys; failing to mark the delivery done
-                // only means a redelivery finds them there and answers "duplicate".
-                if let Err(err) = self.store.complete_delivery(&id, &lease, &outcome.summary()).await {
-                    warn!(error = %err, "could not mark the delivery completed");
+        // The delivery is only answered 2xx once it is recorded done. If that write fails the
+        // effects are still recorded under their own keys, so the 5xx costs a redelivery that
+        // finds them and answers "duplicate", never a second effect.
+        let result = match result {
+            Ok(outcome) => match self.store.complete_delivery(&id, &lease, &outcome.summary()).await {
+                Ok(()) => return Ok(outcome),
+                Err(err) => {
+                    warn!(error = %err, "the work is done but the delivery could not be recorded done");
+                    ServiceError::Store(err)
                 }
-                Ok(outcome)
-            }
-            Err(err) => {
-                if let Err(store_err) = self.store.abandon_delivery(&id, &lease, &err.to_string()).await {
-                    warn!(error = %store_err, "could not mark the delivery failed; its lease will expire");
-                }
-                Err(err)
-            }
+            },
+            Err(err) => err,
+        };
+        if let Err(store_err) = self.store.abandon_delivery(&id, &lease, &result.to_string()).await {
+            warn!(error = %store_err, "could not mark the delivery failed; its lease will expire");
         }
+        Err(result)
     }
 
     async fn record_status(&self, event: &DeploymentStatusEvent) -> Result<Outcome, ServiceError> {
