@@ -110,7 +110,7 @@ def run_subject(subject, env, github, endpoint, pr_numbers):
             if kind == "deployment":
                 for _ in range(WARM):
                     code, _ = status_of(fn.invoke(merged_pr_event(next(pr_numbers))))
-                    assert code == 200, f"{subject.name}: merged PR answered {code}"
+                    assert 200 <= code < 300, f"{subject.name}: merged PR answered {code}"
                     deployment_ids.append(max(github.deployments))  # ids only grow
             for _ in range(10):  # warm up
                 fn.invoke(ignored_event())
@@ -124,7 +124,7 @@ def run_subject(subject, env, github, endpoint, pr_numbers):
                 t0 = time.perf_counter()
                 code, _ = status_of(fn.invoke(event))
                 latencies.append((time.perf_counter() - t0) * 1000)
-                assert code == 200, f"{subject.name} {kind}: {code}"
+                assert 200 <= code < 300, f"{subject.name} {kind}: {code}"
             cpu = (fn.cpu_seconds() - cpu_before) / WARM * 1000
             stats = ddb_stats(endpoint)
             result[kind] = {
