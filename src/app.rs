@@ -9,7 +9,7 @@ use aws_config::{BehaviorVersion, SdkConfig};
 use crate::config::Config;
 use crate::deploy::hook::HookDeployer;
 use crate::domain::{Service, ServiceSettings};
-use crate::github::client::{GitHubClient, RetryPolicy};
+use crate::github::client::{GitHubClient, RetryPolicy, http_client};
 use crate::http::WebhookHandler;
 use crate::store::dynamo::DynamoStore;
 
@@ -19,8 +19,6 @@ pub type Handler = WebhookHandler<DynamoStore, GitHubClient, HookDeployer>;
 pub enum InitError {
     #[error(transparent)]
     GitHubClient(#[from] crate::github::client::ClientBuildError),
-    #[error("could not build the deploy hook client: {0}")]
-    HookClient(#[from] reqwest::Error),
 }
 
 /// The AWS SDK settings: short timeouts and few retries, because the whole delivery must answer
@@ -42,9 +40,14 @@ pub async fn aws_config() -> SdkConfig {
 
 pub fn build_handler(config: &Config, sdk: &SdkConfig) -> Result<Handler, InitError> {
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), &config.table);
-    let github = GitHubClient::new(&config.github_api_url, &config.github_token, RetryPolicy::default())?;
-    let deployer =
-        HookDeployer::new(config.deploy_targets.clone(), config.webhook_secrets.clone(), config.deploy_hook_timeout)?;
+    let http = http_client()?;
+    let github = GitHubClient::new(http.clone(), &config.github_api_url, &config.github_token, RetryPolicy::default())?;
+    let deployer = HookDeployer::new(
+        http,
+        config.deploy_targets.clone(),
+        config.webhook_secrets.clone(),
+        config.deploy_hook_timeout,
+    );
     let service = Service::new(store, github, deployer, ServiceSettings::new(config.rules.clone()));
     Ok(WebhookHandler::new(service, config.webhook_secrets.clone(), config.delivery_budget))
 }

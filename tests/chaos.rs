@@ -24,7 +24,7 @@ use deploy_webhook::deploy::hook::{DeployTargets, HookDeployer};
 use deploy_webhook::domain::ports::{Claim, CreationKey, CreationRecord, DeployReport, Lease, Store, StoreError};
 use deploy_webhook::domain::types::{DeliveryId, DeploymentId, DeploymentState, Environment, RepoFullName, Sha};
 use deploy_webhook::domain::{DeployRules, DeploymentCreated, Service, ServiceSettings, StatusRecord};
-use deploy_webhook::github::client::{GitHubClient, RetryPolicy};
+use deploy_webhook::github::client::{GitHubClient, RetryPolicy, http_client};
 use deploy_webhook::http::WebhookHandler;
 use deploy_webhook::http::signature::WebhookSecrets;
 use deploy_webhook::store::dynamo::DynamoStore;
@@ -372,9 +372,10 @@ async fn chaos_nothing_duplicated_nothing_lost() {
         max_backoff: Duration::from_millis(200),
         attempt_timeout: ATTEMPT_TIMEOUT,
     };
-    let client = GitHubClient::new(&github.uri(), &TOKEN.to_owned().into(), retry).unwrap();
+    let client = GitHubClient::new(http_client().unwrap(), &github.uri(), &TOKEN.to_owned().into(), retry).unwrap();
     let secrets = WebhookSecrets::from_list(SECRET).unwrap();
-    let deployer = HookDeployer::new(DeployTargets::default(), secrets.clone(), Duration::from_secs(1)).unwrap();
+    let deployer =
+        HookDeployer::new(http_client().unwrap(), DeployTargets::default(), secrets.clone(), Duration::from_secs(1));
     let mut settings = ServiceSettings::new(DeployRules::parse(RULES).unwrap());
     settings.lease = LEASE;
     settings.busy_wait = Duration::from_millis(1200);

@@ -50,12 +50,9 @@ pub struct HookDeployer {
 }
 
 impl HookDeployer {
-    pub fn new(targets: DeployTargets, secrets: WebhookSecrets, timeout: Duration) -> Result<Self, reqwest::Error> {
-        let http = Client::builder()
-            .user_agent(concat!("deploy-webhook/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(2))
-            .build()?;
-        Ok(Self { http, targets, secrets, timeout })
+    /// `http` is the process's shared client ([`crate::github::client::http_client`]).
+    pub fn new(http: Client, targets: DeployTargets, secrets: WebhookSecrets, timeout: Duration) -> Self {
+        Self { http, targets, secrets, timeout }
     }
 }
 

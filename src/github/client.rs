@@ -45,8 +45,20 @@ impl Default for RetryPolicy {
 #[derive(Clone, Debug)]
 pub struct GitHubClient {
     http: Client,
+    headers: HeaderMap,
     base_url: String,
     retry: RetryPolicy,
+}
+
+/// The one HTTP client of the process, shared by the GitHub client and the deploy hook: loading
+/// the TLS trust store is the costliest part of a cold start, so it is done once.
+pub fn http_client() -> Result<Client, ClientBuildError> {
+    Client::builder()
+        .user_agent(concat!("deploy-webhook/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(2))
+        .pool_idle_timeout(Duration::from_secs(50))
+        .build()
+        .map_err(|e| ClientBuildError(e.to_string()))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +66,12 @@ pub struct GitHubClient {
 pub struct ClientBuildError(String);
 
 impl GitHubClient {
-    pub fn new(base_url: &str, token: &SecretString, retry: RetryPolicy) -> Result<Self, ClientBuildError> {
+    pub fn new(
+        http: Client,
+        base_url: &str,
+        token: &SecretString,
+        retry: RetryPolicy,
+    ) -> Result<Self, ClientBuildError> {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("application/vnd.github+json"));
         headers.insert("X-GitHub-Api-Version", HeaderValue::from_static(API_VERSION));
@@ -63,14 +80,7 @@ impl GitHubClient {
         // Keeps the token out of any Debug output of requests or headers.
         auth.set_sensitive(true);
         headers.insert(AUTHORIZATION, auth);
-        let http = Client::builder()
-            .user_agent(concat!("deploy-webhook/", env!("CARGO_PKG_VERSION")))
-            .default_headers(headers)
-            .connect_timeout(Duration::from_secs(2))
-            .pool_idle_timeout(Duration::from_secs(50))
-            .build()
-            .map_err(|e| ClientBuildError(e.to_string()))?;
-        Ok(Self { http, base_url: base_url.trim_end_matches('/').to_owned(), retry })
+        Ok(Self { http, headers, base_url: base_url.trim_end_matches('/').to_owned(), retry })
     }
 
     fn url(&self, path: &str) -> String {
@@ -78,7 +88,10 @@ impl GitHubClient {
     }
 
     fn request(&self, method: Method, path: &str, deadline: &Deadline) -> RequestBuilder {
-        self.http.request(method, self.url(path)).timeout(deadline.cap(self.retry.attempt_timeout))
+        self.http
+            .request(method, self.url(path))
+            .headers(self.headers.clone())
+            .timeout(deadline.cap(self.retry.attempt_timeout))
     }
 
     /// Runs `attempt` until it is done, fails for good, or the attempts or budget run out.

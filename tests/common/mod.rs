@@ -14,7 +14,7 @@ use aws_sdk_dynamodb::types::{
 use base64::Engine;
 use deploy_webhook::deploy::hook::{DeployTargets, HookDeployer};
 use deploy_webhook::domain::{DeployRules, Service, ServiceSettings};
-use deploy_webhook::github::client::{GitHubClient, RetryPolicy};
+use deploy_webhook::github::client::{GitHubClient, RetryPolicy, http_client};
 use deploy_webhook::http::WebhookHandler;
 use deploy_webhook::http::signature::WebhookSecrets;
 use deploy_webhook::store::dynamo::DynamoStore;
@@ -394,9 +394,10 @@ impl TestAppBuilder {
 
         let function_sdk = sdk_config(self.dynamo_endpoint.as_deref().unwrap_or(dynamo_endpoint())).await;
         let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&function_sdk), &table);
-        let client = GitHubClient::new(&github.uri(), &TOKEN.to_owned().into(), self.retry).unwrap();
+        let client =
+            GitHubClient::new(http_client().unwrap(), &github.uri(), &TOKEN.to_owned().into(), self.retry).unwrap();
         let secrets = WebhookSecrets::from_list(&self.secret).unwrap();
-        let deployer = HookDeployer::new(self.targets, secrets.clone(), Duration::from_secs(3)).unwrap();
+        let deployer = HookDeployer::new(http_client().unwrap(), self.targets, secrets.clone(), Duration::from_secs(3));
         let mut settings = ServiceSettings::new(self.rules);
         if let Some(tweak) = self.settings_tweak {
             tweak(&mut settings);
