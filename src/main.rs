@@ -11,7 +11,7 @@ async fn main() -> Result<(), Error> {
     lambda_http::tracing::init_default_subscriber();
 
     let config = Config::from_env().inspect_err(|err| tracing::error!("configuration: {err}"))?;
-    let sdk = app::aws_config().await;
+    let sdk = app::aws_config().await?;
     let handler = Arc::new(app::build_handler(&config, &sdk)?);
 
     lambda_http::run(service_fn(move |request: Request| {
