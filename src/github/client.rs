@@ -17,8 +17,9 @@ use serde_json::{Value, json};
 use tracing::{debug, warn};
 
 use crate::domain::ports::{CreationRecord, GitHub, GitHubError, NewDeployment, NewStatus};
-use crate::domain::types::{DeploymentId, DeploymentState, Environment, RepoFullName, Sha, StatusId};
+use crate::domain::types::{DeploymentId, Environment, RepoFullName, Sha};
 use crate::domain::{Deadline, StatusRecord};
+use crate::github::WireStatus;
 
 pub const API_VERSION: &str = "2022-11-28";
 
@@ -230,35 +231,8 @@ struct DeploymentBody {
     payload: Value,
 }
 
-#[derive(Deserialize)]
-struct StatusBody {
-    id: u64,
-    state: String,
-    description: Option<String>,
-    log_url: Option<String>,
-    target_url: Option<String>,
-    environment_url: Option<String>,
-    creator: Option<Login>,
-    created_at: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Login {
-    login: String,
-}
-
-impl StatusBody {
-    fn into_record(self) -> Result<StatusRecord, GitHubError> {
-        Ok(StatusRecord {
-            id: StatusId(self.id),
-            state: DeploymentState::parse(&self.state).map_err(|e| GitHubError::BadResponse(e.to_string()))?,
-            description: self.description,
-            log_url: self.log_url.or(self.target_url).filter(|u| !u.is_empty()),
-            environment_url: self.environment_url.filter(|u| !u.is_empty()),
-            creator: self.creator.map(|c| c.login),
-            created_at: self.created_at,
-        })
-    }
+fn into_record(status: WireStatus) -> Result<StatusRecord, GitHubError> {
+    status.into_record().map_err(|e| GitHubError::BadResponse(e.to_string()))
 }
 
 async fn read_json<T: for<'de> Deserialize<'de>>(resp: Response) -> Result<T, GitHubError> {
@@ -389,8 +363,8 @@ impl GitHub for GitHubClient {
                 if resp.status() != StatusCode::CREATED {
                     return failure(resp).await;
                 }
-                let created: StatusBody = read_json(resp).await?;
-                Ok(Step::Done(created.into_record()?))
+                let created: WireStatus = read_json(resp).await?;
+                Ok(Step::Done(into_record(created)?))
             }
         })
         .await
@@ -413,8 +387,8 @@ impl GitHub for GitHubClient {
                 if resp.status() != StatusCode::OK {
                     return failure(resp).await;
                 }
-                let list: Vec<StatusBody> = read_json(resp).await?;
-                Ok(Step::Done(list.into_iter().map(StatusBody::into_record).collect::<Result<_, _>>()?))
+                let list: Vec<WireStatus> = read_json(resp).await?;
+                Ok(Step::Done(list.into_iter().map(into_record).collect::<Result<_, _>>()?))
             }
         })
         .await

@@ -5,10 +5,9 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::domain::types::{
-    BranchName, DeploymentId, DeploymentState, Environment, InvalidValue, RepoFullName, Sha, StatusId,
-};
-use crate::domain::{DeploymentCreated, DeploymentStatusEvent, MergedPullRequest, StatusRecord, WebhookEvent};
+use crate::domain::types::{BranchName, DeploymentId, Environment, InvalidValue, RepoFullName, Sha};
+use crate::domain::{DeploymentCreated, DeploymentStatusEvent, MergedPullRequest, WebhookEvent};
+use crate::github::{WireStatus, WireUser as User};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
@@ -22,11 +21,6 @@ pub enum EventError {
 struct Repository {
     full_name: String,
     default_branch: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct User {
-    login: String,
 }
 
 #[derive(Deserialize)]
@@ -81,7 +75,7 @@ struct Deployment {
 
 #[derive(Deserialize)]
 struct DeploymentStatusPayload {
-    deployment_status: DeploymentStatus,
+    deployment_status: WireStatus,
     deployment: DeploymentRef,
     repository: Repository,
 }
@@ -89,19 +83,6 @@ struct DeploymentStatusPayload {
 #[derive(Deserialize)]
 struct DeploymentRef {
     id: u64,
-}
-
-#[derive(Deserialize)]
-struct DeploymentStatus {
-    id: u64,
-    state: String,
-    description: Option<String>,
-    log_url: Option<String>,
-    target_url: Option<String>,
-    environment_url: Option<String>,
-    environment: Option<String>,
-    creator: Option<User>,
-    created_at: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -183,20 +164,11 @@ fn deployment(e: DeploymentEvent) -> Result<WebhookEvent, InvalidValue> {
 }
 
 fn deployment_status(e: DeploymentStatusPayload) -> Result<WebhookEvent, InvalidValue> {
-    let s = e.deployment_status;
+    let status = e.deployment_status;
     Ok(WebhookEvent::DeploymentStatus(DeploymentStatusEvent {
         repo: RepoFullName::parse(&e.repository.full_name)?,
         deployment_id: DeploymentId(e.deployment.id),
-        environment: s.environment.as_deref().map(Environment::parse).transpose()?,
-        status: StatusRecord {
-            id: StatusId(s.id),
-            state: DeploymentState::parse(&s.state)?,
-            description: s.description,
-            // `target_url` is the older name of `log_url`.
-            log_url: s.log_url.or(s.target_url).filter(|u| !u.is_empty()),
-            environment_url: s.environment_url.filter(|u| !u.is_empty()),
-            creator: s.creator.map(|u| u.login),
-            created_at: s.created_at,
-        },
+        environment: status.environment.as_deref().map(Environment::parse).transpose()?,
+        status: status.into_record()?,
     }))
 }
