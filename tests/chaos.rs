@@ -372,10 +372,11 @@ async fn chaos_nothing_duplicated_nothing_lost() {
         max_backoff: Duration::from_millis(200),
         attempt_timeout: ATTEMPT_TIMEOUT,
     };
-    let client = GitHubClient::new(http_client().unwrap(), &github.uri(), &TOKEN.to_owned().into(), retry).unwrap();
+    // One HTTP client for GitHub and the hook, wired as src/app.rs wires them.
+    let http = http_client().unwrap();
+    let client = GitHubClient::new(http.clone(), &github.uri(), &TOKEN.to_owned().into(), retry).unwrap();
     let secrets = WebhookSecrets::from_list(SECRET).unwrap();
-    let deployer =
-        HookDeployer::new(http_client().unwrap(), DeployTargets::default(), secrets.clone(), Duration::from_secs(1));
+    let deployer = HookDeployer::new(http, DeployTargets::default(), secrets.clone(), Duration::from_secs(1));
     let mut settings = ServiceSettings::new(DeployRules::parse(RULES).unwrap());
     settings.lease = LEASE;
     settings.busy_wait = Duration::from_millis(1200);

@@ -17,24 +17,16 @@ import argparse
 import itertools
 import json
 import re
-import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from loopback_server import QuietThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 DEPLOYMENTS = re.compile(r"^/repos/([^/]+/[^/]+)/deployments$")
 STATUSES = re.compile(r"^/repos/([^/]+/[^/]+)/deployments/(\d+)/statuses$")
 STATES = {"error", "failure", "inactive", "in_progress", "queued", "pending", "success"}
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        # A client that went away (a function process stopped mid keep-alive) is not an error.
-        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
-            super().handle_error(request, client_address)
 
 
 class GitHubStandIn:
@@ -53,7 +45,7 @@ class GitHubStandIn:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def start(self):
-        self.server = _Server(("127.0.0.1", self.port), self._handler())
+        self.server = QuietThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 

@@ -16,22 +16,14 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from loopback_server import QuietThreadingHTTPServer
 
 API = "/2018-06-01/runtime"
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        # The function process was stopped while connected: not an error of the emulator.
-        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
-            super().handle_error(request, client_address)
 
 
 class FunctionError(Exception):
@@ -113,7 +105,7 @@ class LocalLambda:
         return Handler
 
     def start(self):
-        self.server = _Server(("127.0.0.1", 0), self._handler())
+        self.server = QuietThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         port = self.server.server_address[1]
         env = {

@@ -394,10 +394,11 @@ impl TestAppBuilder {
 
         let function_sdk = sdk_config(self.dynamo_endpoint.as_deref().unwrap_or(dynamo_endpoint())).await;
         let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&function_sdk), &table);
-        let client =
-            GitHubClient::new(http_client().unwrap(), &github.uri(), &TOKEN.to_owned().into(), self.retry).unwrap();
+        // One HTTP client for GitHub and the hook, wired as src/app.rs wires them.
+        let http = http_client().unwrap();
+        let client = GitHubClient::new(http.clone(), &github.uri(), &TOKEN.to_owned().into(), self.retry).unwrap();
         let secrets = WebhookSecrets::from_list(&self.secret).unwrap();
-        let deployer = HookDeployer::new(http_client().unwrap(), self.targets, secrets.clone(), Duration::from_secs(3));
+        let deployer = HookDeployer::new(http, self.targets, secrets.clone(), Duration::from_secs(3));
         let mut settings = ServiceSettings::new(self.rules);
         if let Some(tweak) = self.settings_tweak {
             tweak(&mut settings);
