@@ -163,7 +163,9 @@ fn wrong_types_in_known_fields_are_a_clear_400_or_ignored() {
                 // A value of the wrong JSON type is always refused, and says which payload.
                 let same_type =
                     original.as_ref().is_some_and(|o| std::mem::discriminant(o) == std::mem::discriminant(&value));
-                let may_be_valid = same_type || value.is_null() || (pointer.ends_with("/user") && value.is_object());
+                // serde reads a struct from an object or from an array of its fields (`["login"]`).
+                let struct_field = pointer.ends_with("/user") && (value.is_object() || value.is_array());
+                let may_be_valid = same_type || value.is_null() || struct_field;
                 if !may_be_valid {
                     assert_eq!(status, 400, "{event_name} with {pointer} = {value}: {body}");
                     assert!(body["message"].as_str().unwrap().contains(event_name), "{body}");
