@@ -5,6 +5,13 @@ signed as GitHub signs them (X-Hub-Signature-256 = HMAC-SHA256 of the body with 
     tools/events.py                 rebuild every events/*.json (what `make events` runs)
     tools/events.py sign FILE...    re-sign events you edited by hand (the signature is computed
                                     over the event's body, decoded first if isBase64Encoded)
+    tools/events.py --help          this text
+
+Each event's X-GitHub-Delivery is derived from its name and body: rebuilding or re-signing an
+unchanged event keeps its id (so invoking it again is a redelivery, answered `duplicate`), and an
+edited event gets a fresh id, so the function treats it as a new delivery. (A new delivery of the
+same merge or deployment is still `duplicate`: change the PR number or deployment id too, or
+`make reset` the local state.)
 
 The secret is $GITHUB_WEBHOOK_SECRET (the first of a comma-separated list), else the sample
 secret `sample-webhook-secret` that .env.example uses. Only the Python standard library is used.
@@ -49,22 +56,24 @@ def signature(secret, body):
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def delivery_id(name):
-    # Stable per case, so rebuilding the events changes nothing unless a payload changed.
-    digest = hashlib.sha256(name.encode()).hexdigest()
+def delivery_id(name, body=b""):
+    """A GUID like GitHub's, derived from the case name and the exact body: stable while the
+    event is unchanged, fresh as soon as its body changes."""
+    digest = hashlib.sha256(name.encode() + b"\0" + body).hexdigest()
     return f"{digest[:8]}-{digest[8:12]}-11e3-{digest[12:16]}-{digest[16:28]}"
+
+
+def encoded_body(payload, form=False):
+    json_body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    if form:
+        return urllib.parse.urlencode({"payload": json_body}).encode(), "application/x-www-form-urlencoded"
+    return json_body.encode(), "application/json"
 
 
 def api_gateway_event(event, payload, delivery, secret=None, form=False, base64_body=False, fmt="v2",
                       signing_secret=None):
     """An API Gateway event carrying one GitHub delivery (HTTP API v2, REST v1 or function URL)."""
-    json_body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-    if form:
-        body = urllib.parse.urlencode({"payload": json_body}).encode()
-        content_type = "application/x-www-form-urlencoded"
-    else:
-        body = json_body.encode()
-        content_type = "application/json"
+    body, content_type = encoded_body(payload, form)
     headers = {
         "content-type": content_type,
         "user-agent": "GitHub-Hookshot/044aadd",
@@ -115,7 +124,9 @@ def load_payload(name):
 def build_all():
     out = ROOT / "events"
     for name, (event, payload_file, opts) in CASES.items():
-        ev = api_gateway_event(event, load_payload(payload_file), delivery_id(name),
+        payload = load_payload(payload_file)
+        body, _ = encoded_body(payload, opts.get("form", False))
+        ev = api_gateway_event(event, payload, delivery_id(name, body),
                                form=opts.get("form", False), base64_body=opts.get("base64", False),
                                fmt=opts.get("format", "v2"), signing_secret=opts.get("secret"))
         (out / f"{name}.json").write_text(json.dumps(ev, indent=2) + "\n")
@@ -131,17 +142,26 @@ def resign(paths):
         headers = ev.setdefault("headers", {})
         key = next((k for k in headers if k.lower() == "x-hub-signature-256"), "x-hub-signature-256")
         headers[key] = signature(default_secret(), raw)
-        if "multiValueHeaders" in ev and ev["multiValueHeaders"] is not None:
-            ev["multiValueHeaders"][key] = [headers[key]]
+        # A fresh delivery id when the body changed (stable when it did not), so an edit is seen.
+        id_key = next((k for k in headers if k.lower() == "x-github-delivery"), "x-github-delivery")
+        old_id = headers.get(id_key)
+        headers[id_key] = delivery_id(p.stem, raw)
+        for k in (key, id_key):
+            if ev.get("multiValueHeaders") is not None:
+                ev["multiValueHeaders"][k] = [headers[k]]
         p.write_text(json.dumps(ev, indent=2) + "\n")
-        print(f"signed {p}")
+        fresh = "" if old_id == headers[id_key] else f", new X-GitHub-Delivery {headers[id_key]}"
+        print(f"signed {p}{fresh}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "sign":
-        resign(sys.argv[2:])
-    elif len(sys.argv) > 1:
+    args = sys.argv[1:]
+    if args[:1] in (["-h"], ["--help"], ["help"]):
         print(__doc__)
-        sys.exit(2)
-    else:
+    elif args[:1] == ["sign"] and args[1:]:
+        resign(args[1:])
+    elif not args:
         build_all()
+    else:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)

@@ -6,11 +6,16 @@ Serves, in memory:
     GET  /repos/{owner}/{repo}/deployments?sha=&environment=
     POST /repos/{owner}/{repo}/deployments/{id}/statuses   -> 201 {"id": ..., "state": ...}
     GET  /repos/{owner}/{repo}/deployments/{id}/statuses
+    GET  /repos/{owner}/{repo}/deployments/{id}
+    POST /_local/reset                                      forget everything (the seeds come back)
 It checks the headers GitHub requires (Authorization, Accept, X-GitHub-Api-Version) and the
 required body fields, and records every call so a caller can print or assert them.
 
     gh = GitHubStandIn(on_call=print).start(); gh.url; gh.calls; gh.stop()
-Run alone (`github_standin.py --port 8790`) it serves until stopped and prints each call.
+Run alone (`github_standin.py --port 8790 [--seed-samples]`) it serves until stopped and prints
+each call. With --seed-samples (what `make watch` uses) it also knows the deployments that the
+sample events in events/payloads/ refer to (id 145988746), so `make invoke
+EVENT=events/deployment_created.json` works like a deployment the stand-in created itself.
 Only the Python standard library is used.
 """
 import argparse
@@ -20,25 +25,33 @@ import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 
 from loopback_server import QuietThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 DEPLOYMENTS = re.compile(r"^/repos/([^/]+/[^/]+)/deployments$")
 STATUSES = re.compile(r"^/repos/([^/]+/[^/]+)/deployments/(\d+)/statuses$")
+DEPLOYMENT = re.compile(r"^/repos/([^/]+/[^/]+)/deployments/(\d+)$")
+PAYLOADS = Path(__file__).resolve().parent.parent / "events" / "payloads"
 STATES = {"error", "failure", "inactive", "in_progress", "queued", "pending", "success"}
 
 
 class GitHubStandIn:
-    def __init__(self, port=0, on_call=None):
+    def __init__(self, port=0, on_call=None, seed=()):
         self.port = port
         self.on_call = on_call
+        self.seed = list(seed)  # deployments known from the start (and again after a reset)
         self.lock = threading.Lock()
         self.calls = []
-        self.deployments = {}   # id -> deployment
-        self.statuses = {}      # deployment id -> [status]
-        self.ids = itertools.count(1000)
         self.server = None
+        self.reset()
+
+    def reset(self):
+        with self.lock:
+            self.deployments = {d["id"]: dict(d) for d in self.seed}   # id -> deployment
+            self.statuses = {}                                         # deployment id -> [status]
+            self.ids = itertools.count(1000)
 
     @property
     def url(self):
@@ -101,6 +114,11 @@ class GitHubStandIn:
                     with gh.lock:
                         found = list(reversed(gh.statuses.get(int(m[2]), [])))
                     return self._reply(200, found)
+                if m := DEPLOYMENT.match(url.path):
+                    with gh.lock:
+                        dep = gh.deployments.get(int(m[2]))
+                    if dep and dep["repo"] == m[1]:
+                        return self._reply(200, dep)
                 self._reply(404, {"message": "Not Found"})
 
             def do_POST(self):
@@ -113,6 +131,9 @@ class GitHubStandIn:
                 if problem:
                     return self._reply(401, {"message": problem}, body)
                 now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                if self.path == "/_local/reset":
+                    gh.reset()
+                    return self._reply(200, {"deployments": sorted(gh.deployments)})
                 if m := DEPLOYMENTS.match(self.path):
                     if not isinstance(body.get("ref"), str):
                         return self._reply(422, {"message": "Validation Failed",
@@ -149,12 +170,36 @@ class GitHubStandIn:
         return Handler
 
 
+def sample_deployments():
+    """The deployments the sample payloads in events/payloads/ refer to, as the stand-in keeps them."""
+    found = {}
+    for path in sorted(PAYLOADS.glob("deployment*.json")):
+        payload = json.loads(path.read_text())
+        dep, repo = payload.get("deployment"), (payload.get("repository") or {}).get("full_name")
+        if not dep or not repo or dep["id"] in found:
+            continue
+        found[dep["id"]] = {"id": dep["id"], "repo": repo, "sha": dep["sha"], "ref": dep["ref"],
+                            "task": dep.get("task", "deploy"), "payload": dep.get("payload", {}),
+                            "environment": dep["environment"], "description": dep.get("description"),
+                            "creator": {"login": (dep.get("creator") or {}).get("login", "deploy-bot")},
+                            "created_at": dep.get("created_at"),
+                            "production_environment": dep.get("production_environment")}
+    return list(found.values())
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="GitHub deployments API stand-in")
     parser.add_argument("--port", type=int, default=8790)
+    parser.add_argument("--seed-samples", action="store_true",
+                        help="also know the deployments the sample events in events/payloads/ refer to")
     args = parser.parse_args()
-    gh = GitHubStandIn(port=args.port, on_call=lambda c: print(
+    seed = sample_deployments() if args.seed_samples else []
+    gh = GitHubStandIn(port=args.port, seed=seed, on_call=lambda c: print(
         f"GitHub <- {c['method']} {c['path']} -> {c['status']} {json.dumps(c['body']) if c['body'] else ''}",
         flush=True)).start()
-    print(f"GitHub stand-in on {gh.url}", flush=True)
-    threading.Event().wait()
+    known = f" (knows sample deployment {', '.join(str(d['id']) for d in seed)})" if seed else ""
+    print(f"GitHub stand-in on {gh.url}{known}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
