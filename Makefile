@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: help
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 # The project's Python tools (local DynamoDB server, template linters), reinstalled only when
 # tools/requirements.txt changes.
@@ -27,8 +27,17 @@ lint: ## rustfmt and clippy, warnings denied
 	cargo clippy --all-targets --locked -- -D warnings
 
 .PHONY: test
-test: $(STAMP) lint template-check ## everything CI checks: lint, template checks, unit and integration tests
+test: $(STAMP) lint template-check ## everything CI checks: lint, template checks, unit and integration tests, no secret on the terminal
 	cargo test --locked --all-targets
+	@# after cargo test, which leaves the debug binary built, so the check does not wait for a build
+	$(MAKE) --no-print-directory secrets-check
+
+# `make watch` with sentinel secrets and RUST_LOG=trace in the shell: events through the real
+# function, Ctrl-C, and no sentinel may appear in anything printed. Bounded (kills after 90 s of
+# running, plus the debug build if it is missing); loopback only.
+.PHONY: secrets-check
+secrets-check: $(STAMP) ## no secret from .env reaches the terminal through make watch / make invoke
+	$(PY) tools/check_watch_secrets.py
 
 # ---------------------------------------------------------------- running it locally
 
@@ -41,18 +50,29 @@ run: $(STAMP) ## the whole flow locally: sample events through the real function
 events: ## rebuild and re-sign events/*.json from events/payloads/ (secret: $GITHUB_WEBHOOK_SECRET or the sample)
 	python3 tools/events.py
 
+# make watch / invoke / reset settings: ENV_FILE (the function's settings), WATCH_PORT (cargo
+# lambda watch's port), INVOKE_TIMEOUT (seconds make invoke waits for an answer).
+ENV_FILE       ?= .env
+WATCH_PORT     ?= 9000
+INVOKE_TIMEOUT ?= 120
+export ENV_FILE WATCH_PORT INVOKE_TIMEOUT
+
 .env:
 	cp .env.example .env
 	@echo "created .env from .env.example"
 
 .PHONY: watch
-watch: $(STAMP) .env ## cargo lambda watch with .env, plus a local DynamoDB and GitHub stand-in
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" tools/watch.sh
+watch: $(STAMP) $(ENV_FILE) ## cargo lambda watch with .env, plus a local DynamoDB, GitHub and deploy-hook stand-in
+	@PATH="$(CURDIR)/$(VENV)/bin:$$PATH" tools/watch.sh
 
 .PHONY: invoke
 invoke: $(STAMP) ## send one event to `make watch`: make invoke EVENT=events/ping.json
 	@test -n "$(EVENT)" || { echo "usage: make invoke EVENT=events/<file>.json" >&2; exit 2; }
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cargo lambda invoke deploy-webhook --data-file "$(EVENT)"
+	@$(PY) tools/watch.py invoke "$(EVENT)"
+
+.PHONY: reset
+reset: $(STAMP) ## forget what `make watch` stored: empty the local table and the GitHub stand-in
+	@$(PY) tools/watch.py reset
 
 # ---------------------------------------------------------------- AWS
 

@@ -12,6 +12,9 @@ What it adds to moto:
   * --exit-with-parent         exits when its stdin closes, so a test process that dies never
                                leaves a server behind.
 
+Tables are created as template.yaml creates DeploymentsTable: pk/sk, TTL on expires_at, and the
+global secondary index `due` (due_pk S, due_at N, projection ALL).
+
 Usage: local_dynamodb.py [--port N] [--table NAME ...] [--exit-with-parent]
 Prints "PORT <n>" on stdout once it accepts requests (after creating the tables).
 """
@@ -106,12 +109,20 @@ def create_table(endpoint, name):
     import boto3
     client = boto3.client("dynamodb", endpoint_url=endpoint)
     try:
+        # The same keys and index as template.yaml's DeploymentsTable.
         client.create_table(
             TableName=name, BillingMode="PAY_PER_REQUEST",
             AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
-                                  {"AttributeName": "sk", "AttributeType": "S"}],
+                                  {"AttributeName": "sk", "AttributeType": "S"},
+                                  {"AttributeName": "due_pk", "AttributeType": "S"},
+                                  {"AttributeName": "due_at", "AttributeType": "N"}],
             KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
-                       {"AttributeName": "sk", "KeyType": "RANGE"}])
+                       {"AttributeName": "sk", "KeyType": "RANGE"}],
+            GlobalSecondaryIndexes=[{
+                "IndexName": "due",
+                "KeySchema": [{"AttributeName": "due_pk", "KeyType": "HASH"},
+                              {"AttributeName": "due_at", "KeyType": "RANGE"}],
+                "Projection": {"ProjectionType": "ALL"}}])
         client.update_time_to_live(TableName=name, TimeToLiveSpecification={
             "Enabled": True, "AttributeName": "expires_at"})
     except client.exceptions.ResourceInUseException:

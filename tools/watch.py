@@ -1,0 +1,510 @@
+#!/usr/bin/env python3
+"""`make watch`, `make invoke` and `make reset`: the function under `cargo lambda watch` with the
+local stand-ins its .env points at, without any secret on the terminal.
+
+    watch.py [watch]        validate .env, start the local DynamoDB, the GitHub stand-in and the
+                            deploy-hook stand-in(s) on the loopback ports .env names, build the
+                            debug binary, start it once to catch configuration errors, then run
+                            `cargo lambda watch`; restart the function when .env changes; Ctrl-C
+                            stops everything
+    watch.py invoke FILE    send one event to the running watch and print the answer
+    watch.py reset          empty the local DynamoDB table and the GitHub stand-in's deployments
+
+How secrets are kept off the terminal:
+  * .env is never exported into cargo-lambda's own environment: only this script reads it (for
+    the ports and the table), and cargo-lambda gets it with --env-file, which hands it to the
+    function only. cargo-lambda also gets no RUST_LOG (not even the shell's): at INFO its file
+    watcher logs the function's whole environment.
+  * every line the children print passes through here, and any value of a .env key that names a
+    secret (*SECRET*, *TOKEN*, *PASSWORD*, ...) is replaced by *** before it is shown. A
+    replacement is counted and reported at exit: it means the first rule failed somewhere.
+Settings: ENV_FILE (default .env), WATCH_PORT (default 9000), INVOKE_TIMEOUT (default 120 s).
+`tools/check_watch_secrets.py` (part of `make test`) checks all this with sentinel secrets.
+"""
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+FUNCTION = "deploy-webhook"
+REQUIRED = ("GITHUB_WEBHOOK_SECRET", "GITHUB_TOKEN", "DEPLOYMENTS_TABLE")
+SECRET_KEY = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|PRIVATE|CREDENTIAL|API_KEY", re.I)
+MIN_REDACTED_LENGTH = 6  # shorter values ("local") would blank out ordinary words
+KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+BOLD, YELLOW, RED, GREEN, RESET = ("\033[1m", "\033[33m", "\033[31m", "\033[32m", "\033[0m") \
+    if sys.stdout.isatty() else ("", "", "", "", "")
+
+
+# ------------------------------------------------------------------------------ the .env file
+def parse_env_file(path):
+    """(variables, problems) of a KEY=VALUE file as cargo-lambda reads it (dotenv: comments,
+    blank lines, optional `export `, single or double quotes). Problems never quote a value."""
+    variables, problems = {}, []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as err:
+        return {}, [f"{path}: {err.strerror}"]
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if text.startswith("export "):
+            text = text[len("export "):].lstrip()
+        key, sep, value = text.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not KEY.match(key):
+            problems.append(f"{path} line {number}: not KEY=VALUE")
+            continue
+        if value[:1] in ("'", '"'):
+            end = value.find(value[0], 1)
+            if end < 0:
+                problems.append(f"{path} line {number} ({key}): the quote is not closed")
+                continue
+            value = value[1:end]
+        else:
+            value = re.split(r"\s+#", value, maxsplit=1)[0].strip()
+        variables[key] = value
+    return variables, problems
+
+
+def secret_values(variables):
+    """The values to keep off the terminal: those of secret-named keys, and each item of a
+    comma-separated list of them (GITHUB_WEBHOOK_SECRET during a rotation)."""
+    found = set()
+    for key, value in variables.items():
+        if SECRET_KEY.search(key):
+            for item in [value, *value.split(",")]:
+                item = item.strip()
+                if len(item) >= MIN_REDACTED_LENGTH:
+                    found.add(item)
+    return sorted(found, key=len, reverse=True)
+
+
+def loopback_port(url):
+    """The port of an http URL on this machine, else None."""
+    try:
+        parsed = urlparse(url)
+        if parsed.scheme == "http" and parsed.hostname in LOOPBACK and parsed.port:
+            return parsed.port
+    except ValueError:
+        pass
+    return None
+
+
+def plan(variables, env_file, watch_port):
+    """(services, problems, warnings): what to start for this .env, and what stops it."""
+    problems, warnings, services = [], [], []
+    for key in REQUIRED:
+        if not variables.get(key):
+            problems.append(f"{key} is missing or empty in {env_file} (see .env.example)")
+    py = str(ROOT / ".venv" / "bin" / "python")
+    if not Path(py).exists():
+        py = sys.executable
+
+    ddb_url = variables.get("AWS_ENDPOINT_URL_DYNAMODB")
+    ddb_port = loopback_port(ddb_url or "")
+    if ddb_port:
+        services.append({"name": "local DynamoDB", "key": "AWS_ENDPOINT_URL_DYNAMODB", "port": ddb_port,
+                         "argv": [py, "tools/local_dynamodb.py", "--port", str(ddb_port),
+                                  "--table", variables.get("DEPLOYMENTS_TABLE") or "deploy-webhook-local"]})
+    elif ddb_url:
+        warnings.append(f"AWS_ENDPOINT_URL_DYNAMODB is not an http://127.0.0.1:PORT URL: no local DynamoDB started")
+    else:
+        warnings.append("AWS_ENDPOINT_URL_DYNAMODB is not set: the function uses the real DynamoDB of your AWS account")
+
+    gh_url = variables.get("GITHUB_API_URL")
+    gh_port = loopback_port(gh_url or "")
+    if gh_port:
+        services.append({"name": "GitHub stand-in", "key": "GITHUB_API_URL", "port": gh_port,
+                         "argv": [py, "tools/github_standin.py", "--port", str(gh_port), "--seed-samples"]})
+    else:
+        warnings.append(f"GITHUB_API_URL is {'not set' if not gh_url else 'not on 127.0.0.1'}: the function calls "
+                        "the real GitHub with GITHUB_TOKEN")
+
+    hook_ports = {}
+    for key, url in sorted(variables.items()):
+        if key == "DEPLOY_HOOK_URL" or key.startswith("DEPLOY_HOOK_URL_"):
+            port = loopback_port(url)
+            if port == watch_port:
+                problems.append(f"{key} points at port {watch_port}, cargo-lambda's own port: every deployment "
+                                f"would fail. Use the hook stand-in (http://127.0.0.1:8791/sync, see .env.example)")
+            elif port:
+                hook_ports.setdefault(port, key)
+    for port, key in sorted(hook_ports.items()):
+        services.append({"name": "deploy-hook stand-in", "key": key, "port": port,
+                         "argv": [py, "tools/hook_standin.py", "--port", str(port)],
+                         # the secret goes in the environment, never on a command line (ps shows those)
+                         "env": {"GITHUB_WEBHOOK_SECRET": variables.get("GITHUB_WEBHOOK_SECRET", "")}})
+
+    public = variables.get("PUBLIC_URL")
+    if public and loopback_port(public) not in (None, watch_port):
+        warnings.append(f"PUBLIC_URL is on 127.0.0.1 but not on WATCH_PORT {watch_port}: "
+                        "deploy-hook callbacks will not reach the function")
+
+    seen = {watch_port: "WATCH_PORT (cargo-lambda)"}
+    for service in services:
+        other = seen.setdefault(service["port"], service["key"])
+        if other != service["key"]:
+            problems.append(f"{service['key']} and {other} both use port {service['port']}")
+    return services, problems, warnings
+
+
+def service_key(service):
+    return tuple(service["argv"]) + tuple(sorted((service.get("env") or {}).items()))
+
+
+def port_in_use(port):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# ------------------------------------------------------------------------------ output
+class Output:
+    """Prints the children's lines, with secret values replaced by ***."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.secrets = []
+        self.redactions = 0
+        self.on_line = None
+
+    def redact(self, text):
+        for secret in self.secrets:
+            if secret in text:
+                self.redactions += text.count(secret)
+                text = text.replace(secret, "***")
+        return text
+
+    def say(self, text, colour=""):
+        with self.lock:
+            text = self.redact(text)
+            sys.stdout.write(f"{colour}{text}{RESET if colour else ''}\n")
+            sys.stdout.flush()
+
+    def relay(self, stream, prefix=""):
+        for raw in iter(stream.readline, b""):
+            line = raw.decode(errors="replace").rstrip("\n")
+            if re.fullmatch(r"PORT \d+", line):
+                continue  # the local DynamoDB's start-up handshake, announced in our own words
+            with self.lock:
+                line = self.redact(line)
+                sys.stdout.write(f"{prefix}{line}\n")
+                sys.stdout.flush()
+            if self.on_line:
+                self.on_line(line)
+        stream.close()
+
+
+def child_env(variables, extra=None):
+    """This process's environment for a child, minus RUST_LOG (cargo-lambda's file watcher logs
+    the function's environment at INFO) and minus every key .env sets (the function gets those
+    from --env-file only)."""
+    env = {k: v for k, v in os.environ.items() if k != "RUST_LOG" and k not in variables}
+    env.update(extra or {})
+    return env
+
+
+def spawn(out, argv, env, prefix=""):
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    thread = threading.Thread(target=out.relay, args=(proc.stdout, prefix), daemon=True)
+    thread.start()
+    proc.relay_thread = thread
+    return proc
+
+
+def stop(procs, first_signal=signal.SIGTERM, grace=10.0):
+    """Stops processes (each in its own process group), then waits for their output."""
+    procs = [p for p in procs if p is not None]
+    for proc in procs:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, first_signal)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        proc.relay_thread.join(2)
+        # the group may hold grandchildren (cargo-lambda's function process)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+# ------------------------------------------------------------------------------ watch
+class Watch:
+    def __init__(self, env_file, watch_port):
+        self.env_file = Path(env_file)
+        self.watch_port = watch_port
+        self.out = Output()
+        self.out.on_line = self.on_line
+        self.stopping = threading.Event()
+        self.services = {}      # tuple(argv) -> process
+        self.cargo_lambda = None
+        self.built = False
+        self.init_failed_at = None
+
+    def on_line(self, line):
+        if "configuration:" in line and ("ERROR" in line or "error" in line):
+            self.init_failed_at = time.monotonic()
+            self.out.say(f"⚠ the function failed to start: fix {self.env_file} (watch restarts the function "
+                         "when you save it). Until then make invoke gets no answer.", BOLD + RED)
+
+    def fingerprint(self):
+        try:
+            return self.env_file.read_bytes()
+        except OSError:
+            return None
+
+    def wait_for_change(self, since):
+        while not self.stopping.is_set():
+            if self.fingerprint() != since:
+                return True
+            if self.cargo_lambda is not None and self.cargo_lambda.poll() is not None:
+                return False
+            self.stopping.wait(1.0)
+        return False
+
+    def ensure_services(self, services, variables):
+        """Starts the services this .env needs (keeping those that did not change), stops the rest."""
+        wanted = {service_key(s): s for s in services}
+        for key in [k for k in self.services if k not in wanted]:
+            stop([self.services.pop(key)])
+        started = []
+        for key, service in wanted.items():
+            proc = self.services.get(key)
+            if proc is not None and proc.poll() is None:
+                continue
+            if port_in_use(service["port"]):
+                return f"port {service['port']} ({service['key']}) is already in use: is another make watch running?"
+            self.services[key] = spawn(self.out, service["argv"], child_env(variables, service.get("env")))
+            started.append(service)
+        deadline = time.monotonic() + 30
+        for service in started:
+            while not port_in_use(service["port"]):
+                if self.services[service_key(service)].poll() is not None or time.monotonic() > deadline:
+                    return f"the {service['name']} on port {service['port']} did not start (see above)"
+                time.sleep(0.1)
+            self.out.say(f"{service['name']} on http://127.0.0.1:{service['port']} ({service['key']})")
+        return None
+
+    def build(self, variables):
+        if not (ROOT / "target" / "debug" / FUNCTION).exists():
+            self.out.say("building the debug binary: the first build takes 2-3 minutes ...", BOLD)
+        else:
+            self.out.say("building the debug binary (cargo build) ...")
+        proc = spawn(self.out, ["cargo", "build", "--locked", "--bin", FUNCTION], child_env(variables))
+        while proc.poll() is None:
+            if self.stopping.wait(0.2):
+                stop([proc], signal.SIGINT)
+                return False
+        proc.relay_thread.join(2)
+        if proc.returncode != 0:
+            self.out.say("the build failed (above): cargo lambda watch rebuilds when you save a source file",
+                         BOLD + RED)
+            return False
+        return True
+
+    def preflight(self, variables):
+        """Starts the binary once with .env, as Lambda would, to catch a configuration error now
+        rather than as an invoke that never returns. Returns None or the error text."""
+        from lambda_local import FunctionError, LocalLambda
+        with tempfile.TemporaryFile() as log:
+            fn = LocalLambda([str(ROOT / "target" / "debug" / FUNCTION)], env=variables, log=log)
+            try:
+                fn.start()
+                fn.wait_ready(20)
+                return None
+            except FunctionError as err:
+                log.seek(0)
+                lines = [line for line in log.read().decode(errors="replace").splitlines() if line.strip()]
+                return "\n".join(lines[-5:]) or str(err)
+            finally:
+                fn.stop()
+
+    def start_cargo_lambda(self):
+        argv = ["cargo", "lambda", "watch", "--env-file", str(self.env_file), "--invoke-address", "127.0.0.1",
+                "--invoke-port", str(self.watch_port), "--color", "always" if sys.stdout.isatty() else "never"]
+        variables, _ = parse_env_file(self.env_file)
+        self.init_failed_at = None
+        self.cargo_lambda = spawn(self.out, argv, child_env(variables))
+
+    def stop_cargo_lambda(self):
+        if self.cargo_lambda is not None:
+            stop([self.cargo_lambda], signal.SIGINT)
+            self.cargo_lambda = None
+
+    def run(self):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda *_: self.stopping.set())
+        try:
+            return self.loop()
+        finally:
+            self.out.say("stopping ...")
+            self.stop_cargo_lambda()
+            stop(list(self.services.values()))
+            if self.out.redactions:
+                self.out.say(f"{self.out.redactions} occurrence(s) of secret values were replaced by *** in the "
+                             "output above: please report this", BOLD + RED)
+            self.out.say("stopped")
+
+    def loop(self):
+        first = True
+        while not self.stopping.is_set():
+            since = self.fingerprint()
+            variables, problems = parse_env_file(self.env_file)
+            self.out.secrets = secret_values(variables)
+            services, more, warnings = plan(variables, self.env_file, self.watch_port)
+            problems += more
+            for warning in warnings:
+                self.out.say(f"note: {warning}", YELLOW)
+            if not problems and port_in_use(self.watch_port) and self.cargo_lambda is None:
+                problems.append(f"port {self.watch_port} (WATCH_PORT) is already in use: is another make watch "
+                                "running? (make watch WATCH_PORT=9001 picks another)")
+            if not problems:
+                error = self.ensure_services(services, variables)
+                if error:
+                    problems.append(error)
+            if not problems and not self.built:
+                self.built = self.build(variables)
+                if self.stopping.is_set():
+                    return 130
+            if not problems and self.built:
+                error = self.preflight(variables)
+                if error:
+                    problems.append(f"the function does not start with {self.env_file}:\n{error}")
+            if problems:
+                self.stop_cargo_lambda()
+                for problem in problems:
+                    self.out.say(f"✗ {problem}", BOLD + RED)
+                self.out.say(f"waiting for you to fix {self.env_file} (saved changes are picked up; Ctrl-C stops)",
+                             BOLD)
+                self.wait_for_change(since)
+                continue
+            if not first:
+                self.out.say(f"restarting the function with the new {self.env_file}", BOLD)
+            self.stop_cargo_lambda()
+            self.start_cargo_lambda()
+            self.out.say(f"ready: cargo lambda watch on http://127.0.0.1:{self.watch_port}. In another terminal: "
+                         "make invoke EVENT=events/ping.json", BOLD + GREEN)
+            first = False
+            changed = self.wait_for_change(since)
+            if not changed and not self.stopping.is_set():
+                code = self.cargo_lambda.wait()
+                self.out.say(f"cargo lambda watch exited with {code}", BOLD + RED)
+                return code or 1
+            if changed:
+                self.out.say(f"{self.env_file} changed", BOLD)
+        return 0
+
+
+# ------------------------------------------------------------------------------ invoke, reset
+def invoke(path, watch_port, timeout):
+    try:
+        event = json.loads(Path(path).read_text())
+    except OSError as err:
+        sys.exit(f"{path}: {err.strerror}")
+    except ValueError as err:
+        sys.exit(f"{path} is not JSON: {err}")
+    if not port_in_use(watch_port):
+        sys.exit(f"nothing answers on 127.0.0.1:{watch_port}: start `make watch` in another terminal first. "
+                 "If it runs, look at its terminal: it may be waiting for you to fix .env, or still building.")
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{watch_port}/2015-03-31/functions/{FUNCTION}/invocations",
+        data=json.dumps(event).encode(), method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            raw = response.read()
+    except urllib.error.HTTPError as err:
+        raw = err.read()
+    except (TimeoutError, socket.timeout):
+        sys.exit(f"no answer within {timeout} s. Look at the `make watch` terminal: the function may still be "
+                 "building after a code change, or it failed to start. (INVOKE_TIMEOUT=300 waits longer.)")
+    except OSError as err:
+        sys.exit(f"the invoke failed: {err}. Look at the `make watch` terminal.")
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        print(raw.decode(errors="replace"))
+        return 1
+    if isinstance(answer, dict) and "statusCode" in answer:
+        body = answer.get("body") or ""
+        try:
+            body = json.dumps(json.loads(body), indent=2)
+        except ValueError:
+            pass
+        print(f"{answer['statusCode']}\n{body}")
+        return 0
+    print(json.dumps(answer, indent=2))  # the function's error, or another kind of answer
+    return 1
+
+
+def reset(env_file):
+    variables, problems = parse_env_file(env_file)
+    if problems:
+        sys.exit("\n".join(problems))
+    done = []
+    ddb_port = loopback_port(variables.get("AWS_ENDPOINT_URL_DYNAMODB", ""))
+    table = variables.get("DEPLOYMENTS_TABLE")
+    if ddb_port and table and port_in_use(ddb_port):
+        import local_dynamodb
+        urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{ddb_port}/moto-api/reset", data=b"", method="POST"), timeout=10).read()
+        local_dynamodb.create_table(f"http://127.0.0.1:{ddb_port}", table)
+        done.append(f"local DynamoDB table {table} emptied")
+    gh_port = loopback_port(variables.get("GITHUB_API_URL", ""))
+    if gh_port and port_in_use(gh_port):
+        urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{gh_port}/_local/reset", data=b"", method="POST"), timeout=10).read()
+        done.append("GitHub stand-in's deployments forgotten")
+    if not done:
+        sys.exit("nothing to reset: make watch is not running")
+    print("; ".join(done))
+    return 0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("command", nargs="?", default="watch", choices=["watch", "invoke", "reset"])
+    parser.add_argument("event", nargs="?", help="the event file (invoke)")
+    args = parser.parse_args()
+    env_file = os.environ.get("ENV_FILE") or ".env"
+    watch_port = int(os.environ.get("WATCH_PORT") or 9000)
+    os.chdir(ROOT)
+    if args.command == "invoke":
+        if not args.event:
+            parser.error("usage: watch.py invoke events/<file>.json")
+        return invoke(args.event, watch_port, float(os.environ.get("INVOKE_TIMEOUT") or 120))
+    if args.command == "reset":
+        return reset(env_file)
+    return Watch(env_file, watch_port).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
