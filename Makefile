@@ -3,6 +3,9 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
 
+# The SAM CLI sends no telemetry from any target here.
+export SAM_CLI_TELEMETRY := 0
+
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
@@ -85,13 +88,16 @@ build: $(STAMP) ## the arm64 Lambda artifact (target/lambda/deploy-webhook/boots
 template-check: $(STAMP) ## lint template.yaml offline (cfn-lint and sam validate --lint)
 	$(VENV)/bin/cfn-lint template.yaml
 	AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_ACCESS_KEY_ID=offline AWS_SECRET_ACCESS_KEY=offline \
-	  SAM_CLI_TELEMETRY=0 $(VENV)/bin/sam validate --lint --template-file template.yaml
+	  $(VENV)/bin/sam validate --lint --template-file template.yaml
 
+# DEPLOY_ARGS goes to sam deploy, e.g. DEPLOY_ARGS='--parameter-overrides LogLevel=DEBUG'
+# (parameters not named keep their deployed values; NoEcho ones are shown as *****).
+DEPLOY_ARGS ?=
 .PHONY: deploy
-deploy: $(STAMP) ## sam build + sam deploy (guided the first time, when samconfig.toml is missing)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" SAM_CLI_TELEMETRY=0 sam build
-	if [ -f samconfig.toml ]; then PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sam deploy; \
-	else PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sam deploy --guided; fi
+deploy: $(STAMP) ## sam build + sam deploy (guided the first time, when samconfig.toml is missing; DEPLOY_ARGS=...)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sam build
+	if [ -f samconfig.toml ]; then PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sam deploy $(DEPLOY_ARGS); \
+	else PATH="$(CURDIR)/$(VENV)/bin:$$PATH" sam deploy --guided $(DEPLOY_ARGS); fi
 
 # ---------------------------------------------------------------- reliability
 
