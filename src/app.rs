@@ -68,7 +68,11 @@ pub fn build_handler(config: &Config, sdk: &SdkConfig) -> Result<Handler, InitEr
         config.webhook_secrets.clone(),
         config.deploy_hook_timeout,
     );
-    let service = Service::new(store, github, deployer, ServiceSettings::new(config.rules.clone()));
+    let mut settings = ServiceSettings::new(config.rules.clone());
+    settings.run_timeout = config.deploy_timeout;
+    settings.run_timeouts = config.deploy_timeouts.clone();
+    settings.public_url = config.public_url.clone();
+    let service = Service::new(store, github, deployer, settings);
     Ok(WebhookHandler::new(service, config.webhook_secrets.clone(), config.delivery_budget))
 }
 

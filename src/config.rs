@@ -24,6 +24,12 @@ pub struct Config {
     /// The whole delivery's time budget: GitHub gives up after 10 s.
     pub delivery_budget: Duration,
     pub deploy_hook_timeout: Duration,
+    /// `DEPLOY_TIMEOUT_MINUTES`: how long a run may wait for its result.
+    pub deploy_timeout: Duration,
+    /// `DEPLOY_TIMEOUT_MINUTES_<ENV>`, keyed by the environment's setting suffix.
+    pub deploy_timeouts: HashMap<String, Duration>,
+    /// `PUBLIC_URL`: the base of callback URLs, for a custom domain.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +46,8 @@ pub enum ConfigError {
     BadMillis { name: &'static str, value: String, min: u64, max: u64 },
     #[error("{0} holds characters not allowed in an HTTP header")]
     BadToken(&'static str),
+    #[error("{name} must be a whole number of minutes between 1 and 1440, got {value:?}")]
+    BadMinutes { name: String, value: String },
 }
 
 impl Config {
@@ -74,6 +82,7 @@ impl Config {
         };
 
         let mut deploy_targets = DeployTargets::default();
+        let mut deploy_timeouts = HashMap::new();
         for (name, value) in &vars {
             let value = value.trim();
             if value.is_empty() {
@@ -87,11 +96,21 @@ impl Config {
                 deploy_targets.default_environment_url = Some(http_url(name, value)?);
             } else if let Some(env) = name.strip_prefix("ENVIRONMENT_URL_") {
                 deploy_targets.environment_urls.insert(env.to_owned(), http_url(name, value)?);
+            } else if let Some(env) = name.strip_prefix("DEPLOY_TIMEOUT_MINUTES_") {
+                deploy_timeouts.insert(env.to_owned(), minutes(name, value)?);
             }
         }
 
         let delivery_budget = millis(get("DELIVERY_BUDGET_MS"), "DELIVERY_BUDGET_MS", 8_000, 1_000, 9_500)?;
         let deploy_hook_timeout = millis(get("DEPLOY_HOOK_TIMEOUT_MS"), "DEPLOY_HOOK_TIMEOUT_MS", 5_000, 100, 9_000)?;
+        let deploy_timeout = match get("DEPLOY_TIMEOUT_MINUTES") {
+            Some(raw) => minutes("DEPLOY_TIMEOUT_MINUTES", raw)?,
+            None => Duration::from_secs(30 * 60),
+        };
+        let public_url = match get("PUBLIC_URL") {
+            Some(url) => Some(http_url("PUBLIC_URL", url)?.trim_end_matches('/').to_owned()),
+            None => None,
+        };
 
         Ok(Self {
             webhook_secrets,
@@ -102,6 +121,9 @@ impl Config {
             deploy_targets,
             delivery_budget,
             deploy_hook_timeout,
+            deploy_timeout,
+            deploy_timeouts,
+            public_url,
         })
     }
 }
@@ -110,6 +132,13 @@ fn http_url(name: &str, value: &str) -> Result<String, ConfigError> {
     match Url::parse(value) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(value.to_owned()),
         _ => Err(ConfigError::BadUrl { name: name.to_owned(), value: value.to_owned() }),
+    }
+}
+
+fn minutes(name: &str, raw: &str) -> Result<Duration, ConfigError> {
+    match raw.trim().parse::<u64>() {
+        Ok(m) if (1..=1440).contains(&m) => Ok(Duration::from_secs(m * 60)),
+        _ => Err(ConfigError::BadMinutes { name: name.to_owned(), value: raw.to_owned() }),
     }
 }
 
@@ -142,6 +171,8 @@ mod tests {
         assert_eq!(c.rules, DeployRules::default());
         assert_eq!(c.github_token.expose_secret(), "ghp_x");
         assert_eq!(c.delivery_budget, Duration::from_millis(8000));
+        assert_eq!(c.deploy_timeout, Duration::from_secs(1800));
+        assert_eq!(c.public_url, None);
     }
 
     #[test]
@@ -166,6 +197,9 @@ mod tests {
         assert!(with("DEPLOY_HOOK_URL_STAGING", "nope").contains("DEPLOY_HOOK_URL_STAGING"));
         assert!(with("DELIVERY_BUDGET_MS", "20000").contains("DELIVERY_BUDGET_MS"));
         assert!(with("GITHUB_WEBHOOK_SECRET", " , ").contains("GITHUB_WEBHOOK_SECRET"));
+        assert!(with("DEPLOY_TIMEOUT_MINUTES", "0").contains("DEPLOY_TIMEOUT_MINUTES"));
+        assert!(with("DEPLOY_TIMEOUT_MINUTES_STAGING", "soon").contains("DEPLOY_TIMEOUT_MINUTES_STAGING"));
+        assert!(with("PUBLIC_URL", "deploy.example.com").contains("PUBLIC_URL"));
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub enum AppError {
     Event(#[from] EventError),
     #[error(transparent)]
     Service(#[from] ServiceError),
+    #[error("no run has this callback URL")]
+    UnknownCallback,
+    #[error("the callback is not valid: {0}")]
+    BadCallback(String),
 }
 
 impl AppError {
@@ -39,7 +43,10 @@ impl AppError {
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
             Self::Body(BodyError::UnsupportedContentType(_)) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::MissingHeader(_) | Self::BadHeader(_) | Self::Body(_) | Self::Event(_) => StatusCode::BAD_REQUEST,
+            Self::MissingHeader(_) | Self::BadHeader(_) | Self::Body(_) | Self::Event(_) | Self::BadCallback(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::UnknownCallback | Self::Service(ServiceError::UnknownRun) => StatusCode::NOT_FOUND,
             Self::Service(ServiceError::InProgress) => StatusCode::CONFLICT,
             Self::Service(ServiceError::Store(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Service(ServiceError::GitHub(_)) => StatusCode::BAD_GATEWAY,
@@ -52,7 +59,10 @@ impl AppError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::TooLarge => "too_large",
             Self::Signature(_) => "unauthorized",
-            Self::MissingHeader(_) | Self::BadHeader(_) | Self::Body(_) | Self::Event(_) => "bad_request",
+            Self::MissingHeader(_) | Self::BadHeader(_) | Self::Body(_) | Self::Event(_) | Self::BadCallback(_) => {
+                "bad_request"
+            }
+            Self::UnknownCallback | Self::Service(ServiceError::UnknownRun) => "not_found",
             Self::Service(ServiceError::InProgress) => "in_progress",
             Self::Service(_) => "error",
         }
@@ -69,6 +79,14 @@ impl AppError {
             }
             Self::Service(ServiceError::Store(_)) => {
                 "the state store is unavailable; nothing was done, redeliver later".to_owned()
+            }
+            Self::UnknownCallback | Self::Service(ServiceError::UnknownRun) => {
+                "no run has this callback URL (it may be mistyped)".to_owned()
+            }
+            Self::Service(ServiceError::GitHub(GitHubError::Api { status: 404, .. })) => {
+                "GitHub answered 404: the repository or deployment is not there, or the token cannot see it; \
+                 redeliver once that is fixed"
+                    .to_owned()
             }
             Self::Service(ServiceError::GitHub(GitHubError::Api { status, .. })) => {
                 format!("GitHub refused the request ({status}); check the token's access, then redeliver")

@@ -18,4 +18,5 @@ pub mod domain;
 pub mod error;
 pub mod github;
 pub mod http;
+pub mod schedule;
 pub mod store;

@@ -75,14 +75,17 @@ async fn a_deployment_without_a_hook_reports_in_progress_then_success() {
         calls.iter().map(|r| r.body_json::<Value>().unwrap()["state"].as_str().unwrap().to_owned()).collect();
     assert_eq!(states, ["in_progress", "success"]);
 
+    // The environment ran it and is free again, with it as its last success.
+    let env = app.environment("production").await;
+    assert!(env.get("running").is_none() && env.get("lease").is_none() && env.get("queue").is_none(), "{env}");
+    assert_eq!(env["recent"][0]["id"], DEPLOYMENT_ID);
+    assert_eq!(env["recent"][0]["state"], "success");
+    assert_eq!(env["last_success"]["sha"], "f95f852bd8fca8fcc58a9a2d6c842781e32a215e");
+    // Two writes for the whole delivery: the run's claim and its end (version 2), nothing else.
     let items = app.items().await;
-    let item = deployment_item(&items);
-    assert_eq!(attr_s(item, "run_state"), Some("success"));
-    assert_eq!(attr_s(item, "status_state"), Some("success"));
-    assert_eq!(attr_n(item, "status_id"), Some(2));
-    assert_eq!(attr_s(item, "environment"), Some("production"));
-    assert_eq!(attr_s(item, "sha"), Some("f95f852bd8fca8fcc58a9a2d6c842781e32a215e"));
-    assert!(item.get("run_token").is_none());
+    assert_eq!(items.len(), 1, "only the environment item");
+    assert_eq!(attr_n(&items[0], "version"), Some(2));
+    assert!(items[0].get("due_at").is_none(), "nothing left for the sweep");
 }
 
 #[tokio::test]
@@ -139,7 +142,7 @@ async fn a_failing_or_unreachable_hook_reports_failure() {
         .send(&Event::github("deployment", &new_delivery_id(), &deployment_created(DEPLOYMENT_ID, "production")))
         .await;
     assert_eq!((status, body["detail"]["state"].as_str()), (200, Some("failure")), "{body}");
-    assert_eq!(attr_s(deployment_item(&app.items().await), "run_state"), Some("failure"));
+    assert_eq!(app.environment("production").await["recent"][0]["state"], "failure");
 
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let nowhere = format!("http://{}", closed.local_addr().unwrap());
@@ -223,19 +226,32 @@ async fn github_failing_on_the_final_status_is_5xx_and_the_retry_does_not_rerun_
 
 #[tokio::test]
 async fn a_retry_after_a_crash_does_not_post_in_progress_twice() {
-    use deploy_webhook::domain::ports::Store;
-    use deploy_webhook::github::events::parse_event;
+    use deploy_webhook::domain::ports::{EnvKey, Store};
+    use deploy_webhook::domain::runs::{self, Ctx, DeploymentToRun, Rank, RunSettings, Trigger};
+    use deploy_webhook::domain::{DeploymentId, Environment, RepoFullName, Sha};
 
     let app = TestApp::start().await;
     let payload = deployment_created(DEPLOYMENT_ID, "production");
-    let deploy_webhook::domain::WebhookEvent::DeploymentCreated(d) =
-        parse_event("deployment", &serde_json::to_vec(&payload).unwrap()).unwrap()
-    else {
-        panic!("not a deployment");
+    // An earlier instance took the run, posted in_progress and died: its lease ran out.
+    let key = EnvKey { repo: RepoFullName::parse(REPO).unwrap(), environment: Environment::production() };
+    let d = DeploymentToRun {
+        id: DeploymentId(DEPLOYMENT_ID),
+        sha: Sha::parse(payload["deployment"]["sha"].as_str().unwrap()).unwrap(),
+        git_ref: "main".into(),
+        task: "deploy".into(),
+        creator: None,
+        payload: Value::Null,
+        rank: Rank(payload["deployment"]["created_at"].as_str().unwrap().into(), DEPLOYMENT_ID),
+        callback_base: None,
+        delivery: "dead".into(),
+        arrived_ms: 0,
     };
-    // An earlier attempt claimed the run, posted in_progress and died.
-    app.handler.service().store().claim_deployment_run(&d, Duration::ZERO).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    let settings = RunSettings { lease_ms: 1, run_timeout_ms: 3_600_000_000_000 };
+    let ctx = Ctx { now: 0, token: "dead-instance", secret: "its-secret" };
+    let dead = runs::apply(&Default::default(), &Trigger::Arrived(d), &ctx, &settings).state;
+    let store = app.handler.service().store();
+    store.save_environment(&key, &dead, 0).await.unwrap().unwrap();
+
     Mock::given(method("GET"))
         .and(path(statuses_path(DEPLOYMENT_ID)))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!([
@@ -247,7 +263,14 @@ async fn a_retry_after_a_crash_does_not_post_in_progress_twice() {
     mount_status(&app, "in_progress", 9, 0).await;
     mount_status(&app, "success", 2, 1).await;
     let (status, body) = app.send(&Event::github("deployment", &new_delivery_id(), &payload)).await;
-    assert_eq!((status, body["status"].as_str()), (200, Some("processed")), "{body}");
+    assert_eq!(
+        (status, body["status"].as_str(), body["detail"]["state"].as_str()),
+        (200, Some("processed"), Some("success")),
+        "{body}"
+    );
+    let env = app.environment("production").await;
+    assert!(env.get("running").is_none() && env.get("lease").is_none(), "{env}");
+    assert_eq!(env["recent"][0]["state"], "success");
 }
 
 #[tokio::test]

@@ -1,22 +1,27 @@
 //! The deploy action: `POST` a signed JSON description of the deployment to the environment's
-//! hook URL (`DEPLOY_HOOK_URL_<ENVIRONMENT>` or `DEPLOY_HOOK_URL`); a 2xx answer means success.
-//! With no hook configured the deployment succeeds at once, as in GitHub's guide.
+//! hook URL (`DEPLOY_HOOK_URL_<ENVIRONMENT>` or `DEPLOY_HOOK_URL`). With no hook configured the
+//! deployment succeeds at once, as in GitHub's guide.
 //!
-//! The hook may answer JSON with `log_url`, `environment_url` and `description`; they go into the
-//! final deployment status. The hook is called at least once per deployment: after a crash at the
-//! wrong moment it may be called again with the same `deployment_id`, so it should dedupe on it.
+//! Two modes, chosen by the hook's answer:
+//! - synchronous: 2xx (other than 202) within `DEPLOY_HOOK_TIMEOUT_MS` is `success`, optionally
+//!   with JSON `description`, `log_url`, `environment_url`; any other answer, or none, `failure`;
+//! - asynchronous: `202 Accepted`; the result comes later, signed, to the request's `callback_url`.
+//!
+//! The hook is called at least once per deployment: after a crash at the wrong moment it may be
+//! called again with the same `deployment_id`, so it should dedupe on it.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
-use reqwest::Client;
+use reqwest::{Client, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::domain::ports::{DeployAction, DeployReport};
-use crate::domain::types::{DeliveryId, Environment};
-use crate::domain::{Deadline, DeploymentCreated};
+use crate::domain::Deadline;
+use crate::domain::ports::{DeployAction, HookAnswer, HookCall};
+use crate::domain::runs::RunResult;
+use crate::domain::types::{DeploymentState, Environment};
 use crate::http::signature::WebhookSecrets;
 
 /// Where each environment deploys to and is served from.
@@ -49,18 +54,42 @@ pub struct HookDeployer {
     timeout: Duration,
 }
 
+/// What a delivery keeps for itself after the hook answers: time to post the final status.
+const AFTER_HOOK_RESERVE: Duration = Duration::from_millis(1500);
+
 impl HookDeployer {
     /// `http` is the process's shared client ([`crate::github::client::http_client`]).
     pub fn new(http: Client, targets: DeployTargets, secrets: WebhookSecrets, timeout: Duration) -> Self {
         Self { http, targets, secrets, timeout }
     }
+
+    /// How long the hook may take: the setting, cut to what is left of the delivery's budget
+    /// after the reserve for posting the result (the reserve comes off the budget, never off
+    /// the setting).
+    pub fn wait_for(&self, deadline: Deadline) -> Duration {
+        self.timeout.min(deadline.remaining().saturating_sub(AFTER_HOOK_RESERVE)).max(Duration::from_millis(100))
+    }
 }
 
 #[derive(Deserialize, Default)]
-struct HookAnswer {
+struct HookAnswerBody {
     log_url: Option<String>,
     environment_url: Option<String>,
     description: Option<String>,
+}
+
+fn finished(
+    state: DeploymentState,
+    description: String,
+    answer: HookAnswerBody,
+    env_url: Option<String>,
+) -> HookAnswer {
+    HookAnswer::Finished(RunResult {
+        state,
+        description: answer.description.filter(|d| !d.trim().is_empty()).unwrap_or(description),
+        log_url: answer.log_url.filter(|u| !u.is_empty()),
+        environment_url: answer.environment_url.filter(|u| !u.is_empty()).or(env_url),
+    })
 }
 
 impl DeployAction for HookDeployer {
@@ -68,75 +97,67 @@ impl DeployAction for HookDeployer {
         self.targets.hooks.contains_key(&environment.env_var_suffix())
     }
 
-    async fn deploy(&self, d: &DeploymentCreated, delivery: &DeliveryId, deadline: Deadline) -> DeployReport {
-        let environment_url = self.targets.environment_url_for(&d.environment).map(str::to_owned);
-        let Some(url) = self.targets.hook_for(&d.environment) else {
-            return DeployReport {
-                success: true,
-                description: format!("Deployed {} to {}", d.sha.short(), d.environment),
-                log_url: None,
-                environment_url,
-            };
+    fn environment_url(&self, environment: &Environment) -> Option<String> {
+        self.targets.environment_url_for(environment).map(str::to_owned)
+    }
+
+    async fn deploy(&self, call: &HookCall<'_>, deadline: Deadline) -> HookAnswer {
+        let d = call.deployment;
+        let environment_url = self.environment_url(call.environment);
+        let deployed = format!("Deployed {} to {}", d.sha.short(), call.environment);
+        let Some(url) = self.targets.hook_for(call.environment) else {
+            return finished(DeploymentState::Success, deployed, HookAnswerBody::default(), environment_url);
         };
+        let deadline_iso = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(call.deadline_ms));
         let body = json!({
             "deployment_id": d.id.0,
-            "repository": d.repo.as_str(),
-            "environment": d.environment.as_str(),
+            "repository": call.repo.as_str(),
+            "environment": call.environment.as_str(),
             "ref": d.git_ref,
             "sha": d.sha.as_str(),
             "task": d.task,
             "creator": d.creator,
             "payload": d.payload,
-            "delivery_id": delivery.as_str(),
+            "delivery_id": d.delivery,
+            "callback_url": call.callback_url,
+            "deadline": deadline_iso.to_string(),
         })
         .to_string();
-        // Leave time after the hook to post the final status.
-        let timeout = deadline.cap(self.timeout).saturating_sub(Duration::from_millis(1500));
         let sent = self
             .http
             .post(url)
-            .timeout(timeout.max(Duration::from_millis(100)))
+            .timeout(self.wait_for(deadline))
             .header("Content-Type", "application/json")
             .header("X-Hub-Signature-256", self.secrets.sign(body.as_bytes()))
-            .header("X-GitHub-Delivery", delivery.as_str())
+            .header("X-GitHub-Delivery", d.delivery.as_str())
             .body(body)
             .send()
             .await;
         match sent {
+            Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
+                info!(deployment_id = %d.id, "deploy hook accepted the deployment; waiting for its callback");
+                HookAnswer::Accepted
+            }
             Ok(resp) if resp.status().is_success() => {
-                let answer: HookAnswer = resp.json().await.unwrap_or_default();
+                let answer: HookAnswerBody = resp.json().await.unwrap_or_default();
                 info!(deployment_id = %d.id, "deploy hook succeeded");
-                DeployReport {
-                    success: true,
-                    description: answer
-                        .description
-                        .unwrap_or_else(|| format!("Deployed {} to {}", d.sha.short(), d.environment)),
-                    log_url: answer.log_url,
-                    environment_url: answer.environment_url.or(environment_url),
-                }
+                finished(DeploymentState::Success, deployed, answer, environment_url)
             }
             Ok(resp) => {
                 let status = resp.status();
-                let answer: HookAnswer = resp.json().await.unwrap_or_default();
+                let answer: HookAnswerBody = resp.json().await.unwrap_or_default();
                 warn!(deployment_id = %d.id, %status, "deploy hook failed");
-                DeployReport {
-                    success: false,
-                    description: answer
-                        .description
-                        .unwrap_or_else(|| format!("Deploy hook answered {}", status.as_u16())),
-                    log_url: answer.log_url,
-                    environment_url: None,
-                }
+                finished(DeploymentState::Failure, format!("Deploy hook answered {}", status.as_u16()), answer, None)
             }
             Err(err) => {
                 let what = if err.is_timeout() { "timed out" } else { "could not be reached" };
                 warn!(deployment_id = %d.id, "deploy hook {what}");
-                DeployReport {
-                    success: false,
-                    description: format!("Deploy hook {what}"),
-                    log_url: None,
-                    environment_url: None,
+                let mut result =
+                    finished(DeploymentState::Failure, format!("Deploy hook {what}"), Default::default(), None);
+                if let HookAnswer::Finished(r) = &mut result {
+                    r.environment_url = None;
                 }
+                result
             }
         }
     }

@@ -43,6 +43,9 @@ pub struct MergedPullRequest {
     pub base_branch: BranchName,
     /// `merge_commit_sha`: the merged code on the base repository.
     pub merge_sha: Sha,
+    /// `merged_at` (RFC 3339): orders merges, so that an old one delivered late never deploys
+    /// over a later one.
+    pub merged_at: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -85,4 +88,6 @@ pub struct StatusRecord {
 pub struct Delivery {
     pub id: DeliveryId,
     pub event: WebhookEvent,
+    /// `https://<api domain>[/<stage>]`: where this API is reached, for callback URLs.
+    pub callback_base: Option<String>,
 }

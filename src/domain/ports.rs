@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::deadline::Deadline;
-use super::event::{DeploymentCreated, StatusRecord};
+use super::event::StatusRecord;
+use super::runs::{DeploymentToRun, EnvironmentState, RunResult};
 use super::types::{DeliveryId, DeploymentId, DeploymentState, Environment, RepoFullName, Sha};
 
 // ---------------------------------------------------------------- store
@@ -55,16 +56,8 @@ pub enum CreationRecord {
         status: u16,
         message: String,
     },
-}
-
-/// What the deploy action reported, kept when posting the final status failed so that a retry
-/// posts it without running the action again.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeployReport {
-    pub success: bool,
-    pub description: String,
-    pub log_url: Option<String>,
-    pub environment_url: Option<String>,
+    /// A later merge was already deployed or queued in the environment: none was created.
+    Superseded,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,34 +68,26 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// One environment of one repository: the unit of "one run at a time".
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EnvKey {
+    pub repo: RepoFullName,
+    pub environment: Environment,
+}
+
+/// An environment's state with the version it was read at (0: never written).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Versioned {
+    pub state: EnvironmentState,
+    pub version: u64,
+}
+
 pub trait Store: Send + Sync {
-    /// Claims a delivery for processing. `Done` carries the outcome recorded when it completed.
-    fn claim_delivery(
-        &self,
-        id: &DeliveryId,
-        event: &str,
-        lease_for: Duration,
-    ) -> impl Future<Output = Result<Claim<String>, StoreError>> + Send;
-
-    fn complete_delivery(
-        &self,
-        id: &DeliveryId,
-        lease: &Lease,
-        outcome: &str,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Marks a claimed delivery failed and frees it at once for a redelivery.
-    fn abandon_delivery(
-        &self,
-        id: &DeliveryId,
-        lease: &Lease,
-        reason: &str,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
     fn claim_deployment_creation(
         &self,
         key: &CreationKey,
         sha: &Sha,
+        delivery: &DeliveryId,
         lease_for: Duration,
     ) -> impl Future<Output = Result<Claim<CreationRecord>, StoreError>> + Send;
 
@@ -125,38 +110,6 @@ pub trait Store: Send + Sync {
         lease: &Lease,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Claims the run of a deployment (post `in_progress`, deploy, post the result). `Done`
-    /// carries the final state; `Acquired` carries a report an earlier attempt could not post.
-    fn claim_deployment_run(
-        &self,
-        deployment: &DeploymentCreated,
-        lease_for: Duration,
-    ) -> impl Future<Output = Result<Claim<DeploymentState, Option<DeployReport>>, StoreError>> + Send;
-
-    fn read_deployment_run(
-        &self,
-        repo: &RepoFullName,
-        id: DeploymentId,
-    ) -> impl Future<Output = Result<Option<DeploymentState>, StoreError>> + Send;
-
-    /// Ends the run with its final status, which is also recorded as the deployment's latest
-    /// status unless a newer one is there already.
-    fn finish_deployment_run(
-        &self,
-        repo: &RepoFullName,
-        id: DeploymentId,
-        lease: &Lease,
-        final_status: &StatusRecord,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    fn release_deployment_run(
-        &self,
-        repo: &RepoFullName,
-        id: DeploymentId,
-        lease: &Lease,
-        report: Option<&DeployReport>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
     /// Records a status on the deployment's item unless a newer one is there. Returns whether
     /// it was applied.
     fn record_deployment_status(
@@ -166,6 +119,26 @@ pub trait Store: Send + Sync {
         environment: Option<&Environment>,
         status: &StatusRecord,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The environment's state, read strongly consistent.
+    fn load_environment(&self, key: &EnvKey) -> impl Future<Output = Result<Versioned, StoreError>> + Send;
+
+    /// Writes `state` if the stored version is still `expected`: `Ok(Ok(new version))`, or
+    /// `Ok(Err(what is stored now))` when another writer came first.
+    fn save_environment(
+        &self,
+        key: &EnvKey,
+        state: &EnvironmentState,
+        expected: u64,
+    ) -> impl Future<Output = Result<Result<u64, Versioned>, StoreError>> + Send;
+
+    /// Environments whose state is due (see [`EnvironmentState::due_at`]) at `now_ms`, at most
+    /// `limit`. Costs in proportion to what is due, never to the table.
+    fn due_environments(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(EnvKey, Versioned)>, StoreError>> + Send;
 }
 
 // ---------------------------------------------------------------- GitHub
@@ -237,16 +210,51 @@ pub trait GitHub: Send + Sync {
 
 // ---------------------------------------------------------------- deploy action
 
+/// One call of the deploy hook for a run.
+#[derive(Clone, Debug)]
+pub struct HookCall<'a> {
+    pub repo: &'a RepoFullName,
+    pub environment: &'a Environment,
+    pub deployment: &'a DeploymentToRun,
+    /// Where the deploy system posts the result of an asynchronous deploy.
+    pub callback_url: Option<String>,
+    /// The run's deadline (Unix ms): no result by then is an `error`.
+    pub deadline_ms: u64,
+}
+
+/// What the hook answered.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HookAnswer {
+    /// A synchronous result (2xx: success; any other answer, or none in time: failure).
+    Finished(RunResult),
+    /// `202 Accepted`: the result comes later through the callback.
+    Accepted,
+}
+
 pub trait DeployAction: Send + Sync {
     /// Whether this action has something configured for `environment` (a hook URL).
     fn configured_for(&self, environment: &Environment) -> bool;
 
-    /// Runs the environment's deploy. Never fails as such: a failed deploy is a report with
-    /// `success: false`, posted to GitHub as `failure`.
-    fn deploy(
-        &self,
-        deployment: &DeploymentCreated,
-        delivery: &DeliveryId,
-        deadline: Deadline,
-    ) -> impl Future<Output = DeployReport> + Send;
+    /// The URL the run's environment is served from, if configured.
+    fn environment_url(&self, environment: &Environment) -> Option<String>;
+
+    /// Runs the environment's deploy. Never fails as such: a failed deploy is a `failure` result.
+    fn deploy(&self, call: &HookCall<'_>, deadline: Deadline) -> impl Future<Output = HookAnswer> + Send;
+}
+
+// ---------------------------------------------------------------- time
+
+/// Wall-clock time in Unix milliseconds, injectable so that timeouts and leases are tested
+/// without waiting.
+pub trait Clock: Send + Sync {
+    fn now_ms(&self) -> u64;
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+    }
 }

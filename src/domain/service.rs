@@ -1,34 +1,37 @@
-//! The service: what each delivery means and which effects it runs, in which order, guarded by
-//! the store's claims so that every effect happens once.
+//! The service: what each delivery means and which use case handles it. The use cases live in
+//! their own files: [`super::creation`] (merged PR → deployments), [`super::runner`] (a
+//! deployment's run, callbacks, the sweep).
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::json;
-use tracing::{info, warn};
 
 use super::deadline::Deadline;
-use super::event::{Delivery, DeploymentCreated, DeploymentStatusEvent, MergedPullRequest, WebhookEvent};
-use super::ports::{
-    Claim, CreationKey, CreationRecord, DeployAction, DeployReport, GitHub, GitHubError, Lease, NewDeployment,
-    NewStatus, Store, StoreError,
-};
+use super::event::{Delivery, DeploymentStatusEvent, WebhookEvent};
+use super::ports::{Clock, DeployAction, EnvKey, GitHub, GitHubError, Store, StoreError, SystemClock};
 use super::rules::DeployRules;
-use super::types::{DeliveryId, DeploymentId, DeploymentState, Environment, truncate_chars};
-
-/// GitHub rejects deployment descriptions longer than this.
-const DESCRIPTION_LIMIT: usize = 140;
+use super::runs::{RunSettings, Verdict};
+use super::types::{DeploymentId, DeploymentState, Environment};
 
 #[derive(Clone, Debug)]
 pub struct ServiceSettings {
     pub rules: DeployRules,
-    /// How long a claim stays ours. It must outlast the function's timeout, or a slow attempt
-    /// could be taken over while it still works.
+    /// How long a claim or an environment's lease stays ours. It must outlast the function's
+    /// timeout, or a slow attempt could be taken over while it still works.
     pub lease: Duration,
     /// How long a delivery waits for another attempt that holds the same work before answering
     /// "in progress".
     pub busy_wait: Duration,
     pub busy_poll: Duration,
+    /// A run with no result by then ends in `error` (`DEPLOY_TIMEOUT_MINUTES`).
+    pub run_timeout: Duration,
+    /// Per environment (keyed by [`Environment::env_var_suffix`]).
+    pub run_timeouts: std::collections::HashMap<String, Duration>,
+    /// After a failed step (GitHub down), the sweep tries again from this long after.
+    pub retry_after: Duration,
+    /// `PUBLIC_URL`: the base of callback URLs when the API sits behind a custom domain.
+    pub public_url: Option<String>,
 }
 
 impl ServiceSettings {
@@ -38,35 +41,45 @@ impl ServiceSettings {
             lease: Duration::from_secs(60),
             busy_wait: Duration::from_secs(3),
             busy_poll: Duration::from_millis(200),
+            run_timeout: Duration::from_secs(30 * 60),
+            run_timeouts: Default::default(),
+            retry_after: Duration::from_secs(30),
+            public_url: None,
         }
+    }
+
+    pub(crate) fn runs_for(&self, environment: &Environment) -> RunSettings {
+        let timeout = self.run_timeouts.get(&environment.env_var_suffix()).copied().unwrap_or(self.run_timeout);
+        RunSettings { lease_ms: self.lease.as_millis() as u64, run_timeout_ms: timeout.as_millis() as u64 }
     }
 }
 
-/// What a delivery did, for the response and the delivery's record.
+/// What a delivery did, for the response.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
     Pong,
     Ignored {
         reason: String,
     },
-    /// This delivery id completed before; nothing was done again.
-    Duplicate {
-        recorded: String,
-    },
     /// A merged PR: one result per environment it deploys to.
     DeploymentsRequested {
         results: Vec<(Environment, EnvironmentResult)>,
     },
-    /// A `deployment` event: the run's final state.
-    Deployed {
+    /// A `deployment` event: what its environment did with it, and its state now.
+    Deployment {
         id: DeploymentId,
+        verdict: Verdict,
         state: DeploymentState,
-        already: bool,
     },
     StatusRecorded {
         id: DeploymentId,
         state: DeploymentState,
         applied: bool,
+    },
+    /// A callback from the deploy system.
+    Callback {
+        id: DeploymentId,
+        verdict: Verdict,
     },
 }
 
@@ -79,28 +92,39 @@ pub enum EnvironmentResult {
         status: u16,
         message: String,
     },
+    /// A later merge is already deployed or queued there: this one is not deployed.
+    Superseded,
 }
 
 impl Outcome {
-    /// The one-word status of the response: `processed`, `duplicate`, `ignored`, `rejected`, `pong`.
+    /// The one-word status of the response.
     pub fn status(&self) -> &'static str {
         match self {
             Self::Pong => "pong",
             Self::Ignored { .. } => "ignored",
-            Self::Duplicate { .. } => "duplicate",
             Self::DeploymentsRequested { results } => {
-                if results.iter().all(|(_, r)| matches!(r, EnvironmentResult::Rejected { .. })) {
+                let all = |f: fn(&EnvironmentResult) -> bool| results.iter().all(|(_, r)| f(r));
+                if all(|r| matches!(r, EnvironmentResult::Rejected { .. })) {
                     "rejected"
-                } else if results.iter().all(|(_, r)| matches!(r, EnvironmentResult::AlreadyCreated(_))) {
+                } else if all(|r| matches!(r, EnvironmentResult::Superseded)) {
+                    "superseded"
+                } else if all(|r| matches!(r, EnvironmentResult::AlreadyCreated(_))) {
                     "duplicate"
                 } else {
                     "processed"
                 }
             }
-            Self::Deployed { already: true, .. } => "duplicate",
-            Self::Deployed { .. } => "processed",
+            Self::Deployment { verdict, .. } => match verdict {
+                Verdict::Queued { .. } => "queued",
+                Verdict::Superseded { .. } => "superseded",
+                Verdict::Duplicate { .. } => "duplicate",
+                Verdict::Stale => "stale",
+                _ => "processed",
+            },
             Self::StatusRecorded { applied: true, .. } => "processed",
             Self::StatusRecorded { applied: false, .. } => "stale",
+            Self::Callback { verdict: Verdict::AlreadyFinal { .. }, .. } => "already_final",
+            Self::Callback { .. } => "accepted",
         }
     }
 
@@ -109,26 +133,29 @@ impl Outcome {
         match self {
             Self::Pong => json!({}),
             Self::Ignored { reason } => json!({ "reason": reason }),
-            Self::Duplicate { recorded } => json!({ "recorded": recorded }),
             Self::DeploymentsRequested { results } => json!({
                 "deployments": results.iter().map(|(env, r)| match r {
                     EnvironmentResult::Created(id) => json!({"environment": env.as_str(), "result": "created", "deployment_id": id.0}),
                     EnvironmentResult::AlreadyCreated(id) => json!({"environment": env.as_str(), "result": "already_created", "deployment_id": id.0}),
                     EnvironmentResult::Rejected { status, message } => json!({"environment": env.as_str(), "result": "rejected", "github_status": status, "message": message}),
+                    EnvironmentResult::Superseded => json!({"environment": env.as_str(), "result": "superseded"}),
                 }).collect::<Vec<_>>()
             }),
-            Self::Deployed { id, state, .. } => {
-                json!({ "deployment_id": id.0, "state": state.as_str() })
+            Self::Deployment { id, verdict, state } => {
+                let mut detail = json!({ "deployment_id": id.0, "state": state.as_str() });
+                match verdict {
+                    Verdict::Queued { behind } if behind.0 > 0 => detail["behind"] = json!(behind.0),
+                    Verdict::Superseded { by } => detail["superseded_by"] = json!(by.0),
+                    _ => {}
+                }
+                detail
             }
-            Self::StatusRecorded { id, state, .. } => {
-                json!({ "deployment_id": id.0, "state": state.as_str() })
-            }
+            Self::StatusRecorded { id, state, .. } => json!({ "deployment_id": id.0, "state": state.as_str() }),
+            Self::Callback { id, verdict } => match verdict {
+                Verdict::AlreadyFinal { state } => json!({ "deployment_id": id.0, "state": state.as_str() }),
+                _ => json!({ "deployment_id": id.0 }),
+            },
         }
-    }
-
-    /// The short form kept on the delivery's record and echoed for a duplicate.
-    pub fn summary(&self) -> String {
-        json!({ "status": self.status(), "detail": self.detail() }).to_string()
     }
 }
 
@@ -141,20 +168,30 @@ pub enum ServiceError {
     /// Another attempt holds this work and did not finish while we waited.
     #[error("another attempt is processing this work")]
     InProgress,
+    /// A callback whose token names no run.
+    #[error("no run has this callback token")]
+    UnknownRun,
 }
 
-pub struct Service<S, G, D> {
-    store: S,
-    github: G,
-    deployer: D,
-    settings: ServiceSettings,
+pub struct Service<S, G, D, C = SystemClock> {
+    pub(crate) store: S,
+    pub(crate) github: G,
+    pub(crate) deployer: D,
+    pub(crate) clock: C,
+    pub(crate) settings: ServiceSettings,
     managed: HashSet<Environment>,
 }
 
-impl<S: Store, G: GitHub, D: DeployAction> Service<S, G, D> {
+impl<S: Store, G: GitHub, D: DeployAction> Service<S, G, D, SystemClock> {
     pub fn new(store: S, github: G, deployer: D, settings: ServiceSettings) -> Self {
+        Self::with_clock(store, github, deployer, SystemClock, settings)
+    }
+}
+
+impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
+    pub fn with_clock(store: S, github: G, deployer: D, clock: C, settings: ServiceSettings) -> Self {
         let managed = settings.rules.environments().cloned().collect();
-        Self { store, github, deployer, settings, managed }
+        Self { store, github, deployer, clock, settings, managed }
     }
 
     pub fn store(&self) -> &S {
@@ -166,250 +203,33 @@ impl<S: Store, G: GitHub, D: DeployAction> Service<S, G, D> {
         self.managed.contains(environment) || self.deployer.configured_for(environment)
     }
 
-    /// Turns an event into the work it calls for. Pure: what needs no effect is answered here.
-    fn plan(&self, event: WebhookEvent) -> Plan {
-        match event {
-            WebhookEvent::Ping { .. } => Plan::Answer(Outcome::Pong),
-            WebhookEvent::Ignored { reason } => Plan::Answer(Outcome::Ignored { reason }),
+    pub async fn handle(&self, delivery: Delivery, deadline: Deadline) -> Result<Outcome, ServiceError> {
+        match delivery.event {
+            WebhookEvent::Ping { .. } => Ok(Outcome::Pong),
+            WebhookEvent::Ignored { reason } => Ok(Outcome::Ignored { reason }),
             WebhookEvent::PullRequestMerged(pr) => {
                 let envs = self.settings.rules.environments_for(&pr.base_branch, pr.default_branch.as_deref());
                 if envs.is_empty() {
-                    Plan::Answer(Outcome::Ignored {
+                    return Ok(Outcome::Ignored {
                         reason: format!("no deploy rule for base branch {}", pr.base_branch),
-                    })
-                } else {
-                    Plan::Effects(Work::CreateDeployments(pr, envs))
+                    });
                 }
+                self.create_deployments(&delivery.id, &pr, envs, deadline).await
             }
             WebhookEvent::DeploymentCreated(d) => {
-                if self.manages(&d.environment) {
-                    Plan::Effects(Work::RunDeployment(d))
-                } else {
-                    Plan::Answer(Outcome::Ignored {
+                if !self.manages(&d.environment) {
+                    return Ok(Outcome::Ignored {
                         reason: format!("environment {} is not managed by this deployer", d.environment),
-                    })
+                    });
                 }
+                self.run_deployment(&delivery.id, &d, delivery.callback_base.as_deref(), deadline).await
             }
-            WebhookEvent::DeploymentStatus(s) => Plan::RecordStatus(s),
+            WebhookEvent::DeploymentStatus(s) => self.record_status(&s, deadline).await,
         }
-    }
-
-    pub async fn handle(&self, delivery: Delivery, deadline: Deadline) -> Result<Outcome, ServiceError> {
-        let id = delivery.id;
-        let work = match self.plan(delivery.event) {
-            Plan::Answer(outcome) => return Ok(outcome),
-            // Recording a status is idempotent by itself (newer wins): no ledger write needed.
-            Plan::RecordStatus(status) => return self.record_status(&status).await,
-            Plan::Effects(work) => work,
-        };
-
-        let lease = match self.store.claim_delivery(&id, work.event_name(), self.settings.lease).await? {
-            Claim::Acquired(lease, ()) => lease,
-            Claim::Done(recorded) => {
-                info!("delivery already completed");
-                return Ok(Outcome::Duplicate { recorded });
-            }
-            Claim::Busy => return Err(ServiceError::InProgress),
-        };
-
-        let result = match work {
-            Work::CreateDeployments(pr, envs) => self.create_deployments(&id, &pr, envs, deadline).await,
-            Work::RunDeployment(d) => self.run_deployment(&id, &d, deadline).await,
-        };
-
-        // The delivery is only answered 2xx once it is recorded done. If that write fails the
-        // effects are still recorded under their own keys, so the 5xx costs a redelivery that
-        // finds them and answers "duplicate", never a second effect.
-        let result = match result {
-            Ok(outcome) => match self.store.complete_delivery(&id, &lease, &outcome.summary()).await {
-                Ok(()) => return Ok(outcome),
-                Err(err) => {
-                    warn!(error = %err, "the work is done but the delivery could not be recorded done");
-                    ServiceError::Store(err)
-                }
-            },
-            Err(err) => err,
-        };
-        if let Err(store_err) = self.store.abandon_delivery(&id, &lease, &result.to_string()).await {
-            warn!(error = %store_err, "could not mark the delivery failed; its lease will expire");
-        }
-        Err(result)
-    }
-
-    async fn record_status(&self, event: &DeploymentStatusEvent) -> Result<Outcome, ServiceError> {
-        let applied = self
-            .store
-            .record_deployment_status(&event.repo, event.deployment_id, event.environment.as_ref(), &event.status)
-            .await?;
-        Ok(Outcome::StatusRecorded { id: event.deployment_id, state: event.status.state, applied })
-    }
-
-    async fn create_deployments(
-        &self,
-        delivery: &DeliveryId,
-        pr: &MergedPullRequest,
-        envs: Vec<Environment>,
-        deadline: Deadline,
-    ) -> Result<Outcome, ServiceError> {
-        let mut results = Vec::with_capacity(envs.len());
-        for environment in envs {
-            let key = CreationKey { repo: pr.repo.clone(), pr_number: pr.number, environment: environment.clone() };
-            let result = self.create_deployment(delivery, pr, &key, deadline).await?;
-            results.push((environment, result));
-        }
-        Ok(Outcome::DeploymentsRequested { results })
-    }
-
-    async fn create_deployment(
-        &self,
-        delivery: &DeliveryId,
-        pr: &MergedPullRequest,
-        key: &CreationKey,
-        deadline: Deadline,
-    ) -> Result<EnvironmentResult, ServiceError> {
-        let lease = match self.store.claim_deployment_creation(key, &pr.merge_sha, self.settings.lease).await? {
-            Claim::Acquired(lease, ()) => lease,
-            Claim::Done(record) => return Ok(already(record)),
-            Claim::Busy => match self.wait_for(deadline, || self.store.read_deployment_creation(key)).await? {
-                Some(record) => return Ok(already(record)),
-                None => return Err(ServiceError::InProgress),
-            },
-        };
-
-        match self.create_deployment_claimed(delivery, pr, key, &lease, deadline).await {
-            Ok(result) => Ok(result),
-            Err(err) => {
-                if let Err(store_err) = self.store.release_deployment_creation(key, &lease).await {
-                    warn!(error = %store_err, "could not release the creation claim; its lease will expire");
-                }
-                Err(err)
-            }
-        }
-    }
-
-    async fn create_deployment_claimed(
-        &self,
-        delivery: &DeliveryId,
-        pr: &MergedPullRequest,
-        key: &CreationKey,
-        lease: &Lease,
-        deadline: Deadline,
-    ) -> Result<EnvironmentResult, ServiceError> {
-        let marker = key.marker();
-        // An earlier attempt held this claim: it may have created the deployment and died before
-        // recording it. Look for our marker before creating a second one.
-        if lease.attempt > 1 {
-            if let Some(id) =
-                self.github.find_deployment(&pr.repo, &pr.merge_sha, &key.environment, &marker, deadline).await?
-            {
-                info!(deployment_id = %id, "found the deployment an earlier attempt created");
-                self.store.finish_deployment_creation(key, lease, &CreationRecord::Created(id)).await?;
-                return Ok(EnvironmentResult::AlreadyCreated(id));
-            }
-        }
-
-        let request = new_deployment(delivery, pr, key, &marker);
-        let record = self.github.create_deployment(&pr.repo, &request, deadline).await?;
-        self.store.finish_deployment_creation(key, lease, &record).await?;
-        Ok(match record {
-            CreationRecord::Created(id) => {
-                info!(deployment_id = %id, environment = %key.environment, "deployment created");
-                EnvironmentResult::Created(id)
-            }
-            CreationRecord::Rejected { status, message } => {
-                info!(github_status = status, environment = %key.environment, "GitHub rejected the deployment");
-                EnvironmentResult::Rejected { status, message }
-            }
-        })
-    }
-
-    async fn run_deployment(
-        &self,
-        delivery: &DeliveryId,
-        deployment: &DeploymentCreated,
-        deadline: Deadline,
-    ) -> Result<Outcome, ServiceError> {
-        let (repo, id) = (&deployment.repo, deployment.id);
-        let (lease, pending_report) = match self.store.claim_deployment_run(deployment, self.settings.lease).await? {
-            Claim::Acquired(lease, pending) => (lease, pending),
-            Claim::Done(state) => {
-                return Ok(Outcome::Deployed { id, state, already: true });
-            }
-            Claim::Busy => match self.wait_for(deadline, || self.store.read_deployment_run(repo, id)).await? {
-                Some(state) => {
-                    return Ok(Outcome::Deployed { id, state, already: true });
-                }
-                None => return Err(ServiceError::InProgress),
-            },
-        };
-
-        let mut report_to_keep = None;
-        let result = self
-            .run_deployment_claimed(delivery, deployment, &lease, pending_report, &mut report_to_keep, deadline)
-            .await;
-        if result.is_err() {
-            if let Err(store_err) = self.store.release_deployment_run(repo, id, &lease, report_to_keep.as_ref()).await {
-                warn!(error = %store_err, "could not release the run claim; its lease will expire");
-            }
-        }
-        result
-    }
-
-    async fn run_deployment_claimed(
-        &self,
-        delivery: &DeliveryId,
-        deployment: &DeploymentCreated,
-        lease: &Lease,
-        pending_report: Option<DeployReport>,
-        report_to_keep: &mut Option<DeployReport>,
-        deadline: Deadline,
-    ) -> Result<Outcome, ServiceError> {
-        let (repo, id) = (&deployment.repo, deployment.id);
-        let mut in_progress_posted = false;
-        // An earlier attempt may have posted statuses and died before recording the end.
-        if lease.attempt > 1 {
-            let statuses = self.github.list_deployment_statuses(repo, id, deadline).await?;
-            if let Some(last) = statuses.iter().filter(|s| s.state.is_terminal()).max_by_key(|s| s.id) {
-                info!(state = %last.state, "an earlier attempt finished this deployment");
-                self.store.finish_deployment_run(repo, id, lease, last).await?;
-                return Ok(Outcome::Deployed { id, state: last.state, already: true });
-            }
-            in_progress_posted = statuses.iter().any(|s| s.state == DeploymentState::InProgress);
-        }
-
-        if !in_progress_posted && pending_report.is_none() {
-            let status = NewStatus {
-                state: DeploymentState::InProgress,
-                description: truncate_chars(
-                    &format!("Deploying {} to {}", deployment.sha.short(), deployment.environment),
-                    DESCRIPTION_LIMIT,
-                ),
-                log_url: None,
-                environment_url: None,
-            };
-            self.github.create_deployment_status(repo, id, &status, deadline).await?;
-        }
-
-        let report = match pending_report {
-            Some(report) => report,
-            None => self.deployer.deploy(deployment, delivery, deadline).await,
-        };
-        *report_to_keep = Some(report.clone());
-
-        let final_status = NewStatus {
-            state: if report.success { DeploymentState::Success } else { DeploymentState::Failure },
-            description: truncate_chars(&report.description, DESCRIPTION_LIMIT),
-            log_url: report.log_url.clone(),
-            environment_url: report.environment_url.clone(),
-        };
-        let posted = self.github.create_deployment_status(repo, id, &final_status, deadline).await?;
-        self.store.finish_deployment_run(repo, id, lease, &posted).await?;
-        info!(deployment_id = %id, state = %posted.state, "deployment finished");
-        Ok(Outcome::Deployed { id, state: posted.state, already: false })
     }
 
     /// Polls `read` until it yields a finished result or the wait (cut to the budget) runs out.
-    async fn wait_for<T, F, Fut>(&self, deadline: Deadline, read: F) -> Result<Option<T>, StoreError>
+    pub(crate) async fn wait_for<T, F, Fut>(&self, deadline: Deadline, read: F) -> Result<Option<T>, StoreError>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<Option<T>, StoreError>>,
@@ -427,49 +247,20 @@ impl<S: Store, G: GitHub, D: DeployAction> Service<S, G, D> {
             tokio::time::sleep(self.settings.busy_poll).await;
         }
     }
-}
 
-enum Plan {
-    /// Answered without any effect (ping, ignored events).
-    Answer(Outcome),
-    RecordStatus(DeploymentStatusEvent),
-    /// Work with effects on GitHub: guarded by the delivery ledger.
-    Effects(Work),
-}
-
-enum Work {
-    CreateDeployments(MergedPullRequest, Vec<Environment>),
-    RunDeployment(DeploymentCreated),
-}
-
-impl Work {
-    fn event_name(&self) -> &'static str {
-        match self {
-            Self::CreateDeployments(..) => "pull_request",
-            Self::RunDeployment(_) => "deployment",
+    /// Records the status (newer wins: idempotent by itself); a terminal one for the running
+    /// deployment of a managed environment, posted by someone else, also ends that run.
+    async fn record_status(&self, event: &DeploymentStatusEvent, deadline: Deadline) -> Result<Outcome, ServiceError> {
+        let applied = self
+            .store
+            .record_deployment_status(&event.repo, event.deployment_id, event.environment.as_ref(), &event.status)
+            .await?;
+        if let Some(environment) = event.environment.as_ref().filter(|e| self.manages(e)) {
+            if applied && event.status.state.is_terminal() {
+                let key = EnvKey { repo: event.repo.clone(), environment: environment.clone() };
+                self.end_run_from_status(&key, event.deployment_id, event.status.state, deadline).await?;
+            }
         }
-    }
-}
-
-fn already(record: CreationRecord) -> EnvironmentResult {
-    match record {
-        CreationRecord::Created(id) => EnvironmentResult::AlreadyCreated(id),
-        CreationRecord::Rejected { status, message } => EnvironmentResult::Rejected { status, message },
-    }
-}
-
-/// The deployment request for one merged PR and environment: the merge commit on the base
-/// repository, with who and what in the payload for the deploy action and for people.
-pub fn new_deployment(delivery: &DeliveryId, pr: &MergedPullRequest, key: &CreationKey, marker: &str) -> NewDeployment {
-    NewDeployment {
-        sha: pr.merge_sha.clone(),
-        environment: key.environment.clone(),
-        description: truncate_chars(&format!("Deploy #{}: {}", pr.number, pr.title), DESCRIPTION_LIMIT),
-        production_environment: key.environment.is_production(),
-        payload: json!({
-            "deploy_user": pr.author,
-            "pull_request": { "number": pr.number, "url": pr.html_url, "base_ref": pr.base_branch.as_str() },
-            "deploy_webhook": { "marker": marker, "delivery": delivery.as_str() },
-        }),
+        Ok(Outcome::StatusRecorded { id: event.deployment_id, state: event.status.state, applied })
     }
 }

@@ -6,7 +6,8 @@ use std::fmt;
 macro_rules! string_newtype {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+        #[serde(transparent)]
         pub struct $name(String);
 
         impl $name {
@@ -141,7 +142,8 @@ impl BranchName {
 }
 
 /// GitHub's numeric id of a deployment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct DeploymentId(pub u64);
 
 impl fmt::Display for DeploymentId {
@@ -155,7 +157,8 @@ impl fmt::Display for DeploymentId {
 pub struct StatusId(pub u64);
 
 /// The states GitHub accepts for a deployment status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DeploymentState {
     Error,
     Failure,
@@ -194,7 +197,7 @@ impl DeploymentState {
 
     /// A state after which this deployer posts nothing more.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Success | Self::Failure | Self::Error)
+        matches!(self, Self::Success | Self::Failure | Self::Error | Self::Inactive)
     }
 }
 

@@ -39,6 +39,8 @@ struct PullRequest {
     #[serde(default)]
     title: String,
     #[serde(default)]
+    merged_at: Option<String>,
+    #[serde(default)]
     html_url: String,
     user: User,
     base: BaseRef,
@@ -141,6 +143,7 @@ fn pull_request(e: PullRequestEvent) -> Result<WebhookEvent, InvalidValue> {
         author: e.pull_request.user.login,
         base_branch: BranchName::parse(&e.pull_request.base.git_ref)?,
         merge_sha,
+        merged_at: e.pull_request.merged_at,
     }))
 }
 

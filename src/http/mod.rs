@@ -1,18 +1,20 @@
 //! The Lambda edge: verify → decode → parse → service → response.
 
 pub mod body;
+pub mod callback;
 pub mod signature;
 
 use std::time::Duration;
 
 use lambda_http::http::{HeaderMap, Method, StatusCode, header};
-use lambda_http::{Body, Request, Response};
+use lambda_http::request::RequestContext;
+use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::{Value, json};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::domain::ports::{DeployAction, GitHub, Store};
+use crate::domain::ports::{Clock, DeployAction, GitHub, Store, SystemClock};
 use crate::domain::types::DeliveryId;
-use crate::domain::{Deadline, Delivery, Outcome, Service};
+use crate::domain::{Deadline, Delivery, Outcome, Service, SweepReport};
 use crate::error::AppError;
 use crate::github::events::parse_event;
 use signature::WebhookSecrets;
@@ -26,24 +28,34 @@ pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
 pub const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
 
 /// Everything a request needs, built once per cold start.
-pub struct WebhookHandler<S, G, D> {
-    service: Service<S, G, D>,
+pub struct WebhookHandler<S, G, D, C = SystemClock> {
+    service: Service<S, G, D, C>,
     secrets: WebhookSecrets,
     budget: Duration,
 }
 
-impl<S: Store, G: GitHub, D: DeployAction> WebhookHandler<S, G, D> {
-    pub fn new(service: Service<S, G, D>, secrets: WebhookSecrets, budget: Duration) -> Self {
+impl<S: Store, G: GitHub, D: DeployAction, C: Clock> WebhookHandler<S, G, D, C> {
+    pub fn new(service: Service<S, G, D, C>, secrets: WebhookSecrets, budget: Duration) -> Self {
         Self { service, secrets, budget }
     }
 
-    pub fn service(&self) -> &Service<S, G, D> {
+    pub fn service(&self) -> &Service<S, G, D, C> {
         &self.service
     }
 
-    /// Handles one request; never fails: every error becomes a response here.
+    /// The scheduled sweep, within the same budget as a delivery.
+    pub async fn sweep(&self, budget: Duration) -> Result<SweepReport, crate::domain::ServiceError> {
+        self.service.sweep(Deadline::after(budget)).await
+    }
+
+    /// Handles one request (`POST /webhook`, or `POST /callbacks/<token>`); never fails: every
+    /// error becomes a response here.
     pub async fn handle(&self, request: Request) -> Response<Body> {
         let deadline = Deadline::after(self.budget);
+        if let Some(token) = callback::token_in_path(request.uri().path()) {
+            let token = token.to_owned();
+            return callback::handle(&self.service, &self.secrets, &request, &token, deadline).await;
+        }
         let headers = request.headers();
         let delivery_header = header_str(headers, DELIVERY_HEADER).unwrap_or_default().to_owned();
         let event_header = header_str(headers, EVENT_HEADER).unwrap_or_default().to_owned();
@@ -100,20 +112,37 @@ impl<S: Store, G: GitHub, D: DeployAction> WebhookHandler<S, G, D> {
         let json = body::event_json(header_str(headers, header::CONTENT_TYPE.as_str()), raw_body)?;
         let event = parse_event(event_name.trim(), &json)?;
 
-        let outcome = self.service.handle(Delivery { id: delivery_id.clone(), event }, deadline).await?;
+        let delivery = Delivery { id: delivery_id.clone(), event, callback_base: callback_base(request) };
+        let outcome = self.service.handle(delivery, deadline).await?;
         Ok((delivery_id, outcome))
     }
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// `https://<domain>[/<stage>]` of the API that received `request`, for callback URLs on the
+/// same API (a `$default` stage has no path segment).
+fn callback_base(request: &Request) -> Option<String> {
+    let (domain, stage) = match request.request_context_ref()? {
+        RequestContext::ApiGatewayV2(ctx) => (ctx.domain_name.clone()?, ctx.stage.clone()),
+        RequestContext::ApiGatewayV1(ctx) => (ctx.domain_name.clone()?, ctx.stage.clone()),
+        #[allow(unreachable_patterns)]
+        _ => return None,
+    };
+    let domain: String = domain.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':')).collect();
+    match stage.as_deref() {
+        None | Some("$default") | Some("") => Some(format!("https://{domain}")),
+        Some(stage) => Some(format!("https://{domain}/{}", stage.trim_matches('/'))),
+    }
+}
+
+pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.trim().is_empty())
 }
 
-fn printable(value: &str) -> String {
+pub(crate) fn printable(value: &str) -> String {
     value.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
-fn respond(status: StatusCode, body: Value) -> Response<Body> {
+pub(crate) fn respond(status: StatusCode, body: Value) -> Response<Body> {
     let mut response = Response::new(Body::Text(body.to_string()));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));

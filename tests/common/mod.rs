@@ -9,10 +9,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType,
 };
 use base64::Engine;
 use deploy_webhook::deploy::hook::{DeployTargets, HookDeployer};
+use deploy_webhook::domain::ports::Clock;
 use deploy_webhook::domain::{DeployRules, Service, ServiceSettings};
 use deploy_webhook::github::client::{GitHubClient, RetryPolicy, http_client};
 use deploy_webhook::http::WebhookHandler;
@@ -27,7 +29,24 @@ pub const TOKEN: &str = "ghp_test_token_never_logged";
 pub const SHA: &str = "c4295bd74fb0f4fda03689c3df3f2803b658fd85";
 pub const REPO: &str = "Codertocat/Hello-World";
 
-pub type Handler = WebhookHandler<DynamoStore, GitHubClient, HookDeployer>;
+pub type Handler = WebhookHandler<DynamoStore, GitHubClient, HookDeployer, TestClock>;
+
+/// The wall clock plus an offset the test moves forward, so that timeouts and leases run out
+/// without waiting.
+#[derive(Clone, Default)]
+pub struct TestClock(Arc<std::sync::atomic::AtomicU64>);
+
+impl TestClock {
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for TestClock {
+    fn now_ms(&self) -> u64 {
+        deploy_webhook::domain::ports::SystemClock.now_ms() + self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
 
 // ------------------------------------------------------------------ local DynamoDB
 
@@ -102,6 +121,34 @@ pub async fn create_table(client: &aws_sdk_dynamodb::Client) -> String {
         )
         .key_schema(KeySchemaElement::builder().attribute_name("pk").key_type(KeyType::Hash).build().unwrap())
         .key_schema(KeySchemaElement::builder().attribute_name("sk").key_type(KeyType::Range).build().unwrap())
+        // The sweep's sparse index, as in template.yaml.
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("due_pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("due_at")
+                .attribute_type(ScalarAttributeType::N)
+                .build()
+                .unwrap(),
+        )
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name("due")
+                .key_schema(
+                    KeySchemaElement::builder().attribute_name("due_pk").key_type(KeyType::Hash).build().unwrap(),
+                )
+                .key_schema(
+                    KeySchemaElement::builder().attribute_name("due_at").key_type(KeyType::Range).build().unwrap(),
+                )
+                .projection(Projection::builder().projection_type(ProjectionType::All).build())
+                .build()
+                .unwrap(),
+        )
         .send()
         .await
         .expect("create table");
@@ -185,19 +232,31 @@ pub struct Event {
     pub headers: serde_json::Map<String, Value>,
     pub body: Vec<u8>,
     pub base64: bool,
+    pub path: String,
 }
 
 impl Event {
     /// A JSON delivery of `event`, signed with `SECRET`.
     pub fn github(event: &str, delivery: &str, payload: &Value) -> Self {
         let body = serde_json::to_vec(payload).unwrap();
-        let mut e = Self { method: "POST".into(), headers: Default::default(), body, base64: false };
+        let mut e =
+            Self { method: "POST".into(), headers: Default::default(), body, base64: false, path: "/webhook".into() };
         e.set("content-type", "application/json");
         e.set("user-agent", "GitHub-Hookshot/044aadd");
         e.set("x-github-event", event);
         e.set("x-github-delivery", delivery);
         e.set("x-github-hook-id", "292430182");
         e.resign(SECRET);
+        e
+    }
+
+    /// A deploy system's callback to `url` (as the hook received it), signed with `secret`.
+    pub fn callback(url: &str, body: &Value, secret: &str) -> Self {
+        let path = url.split_once("amazonaws.com").map_or(url, |(_, p)| p).to_owned();
+        let body = serde_json::to_vec(body).unwrap();
+        let mut e = Self { method: "POST".into(), headers: Default::default(), body, base64: false, path };
+        e.set("content-type", "application/json");
+        e.resign(secret);
         e
     }
 
@@ -236,7 +295,7 @@ impl Event {
         json!({
             "version": "2.0",
             "routeKey": "POST /webhook",
-            "rawPath": "/webhook",
+            "rawPath": self.path,
             "rawQueryString": "",
             "headers": self.headers,
             "requestContext": {
@@ -246,7 +305,7 @@ impl Event {
                 "domainPrefix": "abc123",
                 "http": {
                     "method": self.method,
-                    "path": "/webhook",
+                    "path": self.path,
                     "protocol": "HTTP/1.1",
                     "sourceIp": "192.30.252.44",
                     "userAgent": "GitHub-Hookshot/044aadd"
@@ -275,6 +334,7 @@ pub struct TestApp {
     pub github: MockServer,
     pub dynamo: aws_sdk_dynamodb::Client,
     pub table: String,
+    pub clock: TestClock,
 }
 
 type SettingsTweak = Box<dyn FnOnce(&mut ServiceSettings)>;
@@ -287,6 +347,7 @@ pub struct TestAppBuilder {
     dynamo_endpoint: Option<String>,
     budget: Duration,
     secret: String,
+    hook_timeout: Duration,
 }
 
 impl TestApp {
@@ -304,6 +365,7 @@ impl TestApp {
             dynamo_endpoint: None,
             budget: Duration::from_secs(8),
             secret: SECRET.to_owned(),
+            hook_timeout: Duration::from_secs(3),
         }
     }
 
@@ -321,6 +383,22 @@ impl TestApp {
         let status = response.status().as_u16();
         let body: Value = serde_json::from_slice(response.body().as_ref()).expect("a JSON response");
         (status, body)
+    }
+
+    /// Runs the scheduled sweep, as EventBridge would.
+    pub async fn sweep(&self) -> deploy_webhook::domain::SweepReport {
+        self.handler.sweep(Duration::from_secs(8)).await.expect("the sweep runs")
+    }
+
+    /// The environment's run state document, as stored.
+    pub async fn environment(&self, environment: &str) -> Value {
+        let items = self.items().await;
+        let sk = format!("ENV#{environment}");
+        items
+            .iter()
+            .find(|i| attr_s(i, "sk") == Some(sk.as_str()))
+            .map(|i| serde_json::from_str(attr_s(i, "doc").unwrap()).unwrap())
+            .unwrap_or(Value::Null)
     }
 
     pub async fn items(&self) -> Vec<Item> {
@@ -371,6 +449,11 @@ impl TestAppBuilder {
         self
     }
 
+    pub fn hook_timeout(mut self, timeout: Duration) -> Self {
+        self.hook_timeout = timeout;
+        self
+    }
+
     pub fn budget(mut self, budget: Duration) -> Self {
         self.budget = budget;
         self
@@ -398,13 +481,14 @@ impl TestAppBuilder {
         let http = http_client().unwrap();
         let client = GitHubClient::new(http.clone(), &github.uri(), &TOKEN.to_owned().into(), self.retry).unwrap();
         let secrets = WebhookSecrets::from_list(&self.secret).unwrap();
-        let deployer = HookDeployer::new(http, self.targets, secrets.clone(), Duration::from_secs(3));
+        let deployer = HookDeployer::new(http, self.targets, secrets.clone(), self.hook_timeout);
         let mut settings = ServiceSettings::new(self.rules);
         if let Some(tweak) = self.settings_tweak {
             tweak(&mut settings);
         }
-        let service = Service::new(store, client, deployer, settings);
+        let clock = TestClock::default();
+        let service = Service::with_clock(store, client, deployer, clock.clone(), settings);
         let handler = Arc::new(WebhookHandler::new(service, secrets, self.budget));
-        TestApp { handler, github, dynamo, table }
+        TestApp { handler, github, dynamo, table, clock }
     }
 }

@@ -1,0 +1,493 @@
+//! Runs, as effects: the entrypoints (a `deployment` event, a callback, a terminal status, the
+//! sweep) each apply a [`Trigger`] to their environment's state with one conditional write, and
+//! whoever then holds the environment's lease does the work that state owes (post statuses,
+//! call the hook), writing again only when the work must be durable: at the end, and between
+//! one run's end and the next one's start.
+//!
+//! DynamoDB writes per delivery (the minimum each needs, and what this code does):
+//! - `deployment`, synchronous hook or none: 2 (claim the run; record its end).
+//! - `deployment`, asynchronous hook: 2 (claim; record "waiting for the callback").
+//! - `deployment` for a busy environment: 2 (enqueue with the lease; release it once `queued` is
+//!   posted), or 1 when another instance holds the lease (it posts the `queued`).
+//! - callback: 2 (record the result with the lease; record the end), +1 per next run it starts
+//!   (its end is made durable before the next one starts), or 1 when another instance holds the
+//!   lease.
+//! - sweep: 0 when nothing is due; 2 per environment it heals.
+
+use std::time::Duration;
+
+use base64::Engine;
+use tracing::{info, warn};
+
+use super::deadline::Deadline;
+use super::event::DeploymentCreated;
+use super::ports::{
+    Clock, DeployAction, EnvKey, GitHub, GitHubError, HookAnswer, HookCall, NewStatus, Store, Versioned,
+};
+use super::runs::{
+    self, CallbackReport, Ctx, DESCRIPTION_LIMIT, DeploymentToRun, Done, EnvironmentState, Phase, Rank, Trigger,
+    Verdict, Work,
+};
+use super::service::{Outcome, Service, ServiceError};
+use super::types::{DeliveryId, DeploymentId, DeploymentState, Environment, RepoFullName, truncate_chars};
+
+/// How often a transition is retried when other writers keep changing the environment.
+const MAX_CONFLICTS: usize = 25;
+/// Time a hook call needs at least (the rest of the budget is for the status posts after it).
+const HOOK_RESERVE: Duration = Duration::from_millis(1500);
+/// Time any other step needs at least.
+const STEP_RESERVE: Duration = Duration::from_millis(700);
+
+/// What one sweep saw and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub due: usize,
+    pub healed: usize,
+    pub failed: usize,
+}
+
+impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
+    // ------------------------------------------------------------ entrypoints
+
+    pub(crate) async fn run_deployment(
+        &self,
+        delivery: &DeliveryId,
+        d: &DeploymentCreated,
+        callback_base: Option<&str>,
+        deadline: Deadline,
+    ) -> Result<Outcome, ServiceError> {
+        let key = EnvKey { repo: d.repo.clone(), environment: d.environment.clone() };
+        let to_run = self.to_run(delivery, d, callback_base);
+        let trigger = Trigger::Arrived(to_run);
+        let me = Holder::new();
+        let wait_until = Deadline::after(deadline.cap(self.settings.busy_wait));
+        let (verdict, mut current) = loop {
+            let (verdict, current) = self.transition(&key, None, &trigger, &me).await?;
+            if verdict != Verdict::Busy {
+                break (verdict, current);
+            }
+            // Another instance runs this very deployment now: wait a little for its result.
+            if wait_until.remaining() < self.settings.busy_poll {
+                return Err(ServiceError::InProgress);
+            }
+            tokio::time::sleep(self.settings.busy_poll).await;
+        };
+        if current.state.holds_lease(me.token()) {
+            current = self.drive(&key, current, &me, deadline).await?;
+        }
+        let state = state_of(&current.state, d.id);
+        info!(deployment_id = %d.id, environment = %d.environment, verdict = ?verdict, state = %state, "deployment handled");
+        Ok(Outcome::Deployment { id: d.id, verdict, state })
+    }
+
+    /// A callback from the deploy system, its signature already verified.
+    pub async fn handle_callback(
+        &self,
+        token: &CallbackToken,
+        report: CallbackReport,
+        deadline: Deadline,
+    ) -> Result<Outcome, ServiceError> {
+        let key = EnvKey { repo: token.repo.clone(), environment: token.environment.clone() };
+        let trigger = Trigger::Callback { id: token.deployment, token_hash: token.hash(), report };
+        let me = Holder::new();
+        let (verdict, current) = self.transition(&key, None, &trigger, &me).await?;
+        if verdict == Verdict::UnknownToken {
+            return Err(ServiceError::UnknownRun);
+        }
+        if current.state.holds_lease(me.token()) {
+            self.drive(&key, current, &me, deadline).await?;
+        }
+        info!(deployment_id = %token.deployment, environment = %token.environment, verdict = ?verdict, "callback handled");
+        Ok(Outcome::Callback { id: token.deployment, verdict })
+    }
+
+    /// A terminal status for `id` was recorded: if it is the running deployment and nobody of
+    /// ours is posting its result, it ends the run and the next one starts.
+    pub(crate) async fn end_run_from_status(
+        &self,
+        key: &EnvKey,
+        id: DeploymentId,
+        state: DeploymentState,
+        deadline: Deadline,
+    ) -> Result<(), ServiceError> {
+        let me = Holder::new();
+        let (verdict, current) = self.transition(key, None, &Trigger::TerminalStatus { id, state }, &me).await?;
+        if verdict == Verdict::Accepted {
+            info!(deployment_id = %id, %state, "the running deployment was ended by a status posted outside deploy-webhook");
+        }
+        if current.state.holds_lease(me.token()) {
+            self.drive(key, current, &me, deadline).await?;
+        }
+        Ok(())
+    }
+
+    /// The scheduled sweep: times out overdue runs, restarts work whose start failed, and
+    /// takes over work whose holder died. Reads only the environments that are due.
+    pub async fn sweep(&self, deadline: Deadline) -> Result<SweepReport, ServiceError> {
+        let now = self.clock.now_ms();
+        let due = self.store.due_environments(now, 50).await?;
+        let mut report = SweepReport { due: due.len(), ..Default::default() };
+        for (key, current) in due {
+            if deadline.remaining() < HOOK_RESERVE + STEP_RESERVE {
+                warn!("the sweep ran out of time; the next one goes on");
+                break;
+            }
+            let me = Holder::new();
+            let result = async {
+                let (verdict, current) = self.transition(&key, Some(current), &Trigger::Sweep, &me).await?;
+                if current.state.holds_lease(me.token()) {
+                    self.drive(&key, current, &me, deadline).await?;
+                }
+                Ok::<_, ServiceError>(verdict)
+            }
+            .await;
+            match result {
+                Ok(Verdict::Accepted) => report.healed += 1,
+                Ok(_) => {}
+                Err(err) => {
+                    report.failed += 1;
+                    warn!(repository = %key.repo, environment = %key.environment, error = %err, "the sweep could not heal an environment; the next sweep tries again");
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    // ------------------------------------------------------------ the state, written once per change
+
+    /// Applies `trigger` and writes the result if it changed anything, re-applying it to the
+    /// fresh state when another writer came first.
+    async fn transition(
+        &self,
+        key: &EnvKey,
+        known: Option<Versioned>,
+        trigger: &Trigger,
+        me: &Holder,
+    ) -> Result<(Verdict, Versioned), ServiceError> {
+        let settings = self.settings.runs_for(&key.environment);
+        let mut current = match known {
+            Some(v) => v,
+            None => self.store.load_environment(key).await?,
+        };
+        for _ in 0..MAX_CONFLICTS {
+            let applied = runs::apply(&current.state, trigger, &me.ctx(self.clock.now_ms()), &settings);
+            if applied.state == current.state {
+                return Ok((applied.verdict, current));
+            }
+            match self.store.save_environment(key, &applied.state, current.version).await? {
+                Ok(version) => return Ok((applied.verdict, Versioned { state: applied.state, version })),
+                Err(fresh) => current = fresh,
+            }
+        }
+        Err(ServiceError::InProgress)
+    }
+
+    /// Does the work the environment owes while we hold its lease, then releases it.
+    async fn drive(
+        &self,
+        key: &EnvKey,
+        mut current: Versioned,
+        me: &Holder,
+        deadline: Deadline,
+    ) -> Result<Versioned, ServiceError> {
+        let settings = self.settings.runs_for(&key.environment);
+        // Work done since the last write, re-applied onto a fresher state after a conflict.
+        let mut unsaved: Vec<Done> = Vec::new();
+        let mut must_persist = false;
+        for _ in 0..500 {
+            let ctx = me.ctx(self.clock.now_ms());
+            let working = unsaved.iter().fold(current.state.clone(), |s, d| runs::after_work(&s, d, &ctx, &settings));
+            if must_persist {
+                // The lease is renewed in the same write, to outlast the next step.
+                match self.save_held(key, &current, runs::renew(&working, me.token(), ctx.now, &settings), me).await? {
+                    Ok(saved) => {
+                        current = saved;
+                        unsaved.clear();
+                        must_persist = false;
+                    }
+                    Err(fresh) => current = fresh,
+                }
+                continue;
+            }
+            let Some(work) = runs::next_work(&working) else {
+                match self.save_held(key, &current, runs::release(&working, me.token(), None), me).await? {
+                    Ok(saved) => return Ok(saved),
+                    // Someone added work meanwhile: go on with the fresh state.
+                    Err(fresh) => {
+                        current = fresh;
+                        continue;
+                    }
+                }
+            };
+            let reserve = if work == Work::CallHook { HOOK_RESERVE } else { STEP_RESERVE };
+            if deadline.remaining() < reserve {
+                info!(environment = %key.environment, "out of time for this delivery; the sweep takes over");
+                let released = runs::release(&working, me.token(), Some(ctx.now));
+                return match self.save_held(key, &current, released, me).await? {
+                    Ok(saved) | Err(saved) => Ok(saved),
+                };
+            }
+            let lease_left = working.lease.as_ref().map_or(0, |l| l.until_ms.saturating_sub(ctx.now));
+            if work == Work::CallHook && lease_left < settings.lease_ms / 2 {
+                // The hook may take its whole timeout: make the lease outlast it first.
+                must_persist = true;
+                continue;
+            }
+            match self.execute(key, &working, &work, me, deadline).await {
+                Ok(done) => {
+                    // Make the end of one run durable before the next one starts, and a new
+                    // callback secret before the hook hears of it.
+                    must_persist = matches!(done, Done::SecretReplaced)
+                        || (done == Done::RunEnded
+                            && runs::after_work(&working, &done, &ctx, &settings).running.is_some());
+                    unsaved.push(done);
+                }
+                Err(err) => {
+                    warn!(environment = %key.environment, error = %err, "a step failed; the sweep retries it");
+                    let retry_at = ctx.now + self.settings.retry_after.as_millis() as u64;
+                    let released = runs::release(&working, me.token(), Some(retry_at));
+                    if let Err(store_err) = self.save_held(key, &current, released, me).await {
+                        warn!(error = %store_err, "could not record the failed step; the lease will expire");
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        Err(ServiceError::InProgress)
+    }
+
+    /// Writes a state the lease holder computed. `Ok(Err(fresh))`: another writer came first and
+    /// we still hold the lease (go on from `fresh`); an error if the lease was lost.
+    async fn save_held(
+        &self,
+        key: &EnvKey,
+        current: &Versioned,
+        state: EnvironmentState,
+        me: &Holder,
+    ) -> Result<Result<Versioned, Versioned>, ServiceError> {
+        match self.store.save_environment(key, &state, current.version).await? {
+            Ok(version) => Ok(Ok(Versioned { state, version })),
+            Err(fresh) if fresh.state.holds_lease(me.token()) => Ok(Err(fresh)),
+            Err(_) => {
+                warn!(environment = %key.environment, "lost the environment's lease to another instance");
+                Err(ServiceError::InProgress)
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ the work itself
+
+    async fn execute(
+        &self,
+        key: &EnvKey,
+        state: &EnvironmentState,
+        work: &Work,
+        me: &Holder,
+        deadline: Deadline,
+    ) -> Result<Done, ServiceError> {
+        let (repo, environment) = (&key.repo, &key.environment);
+        match work {
+            Work::Reconcile => {
+                let mut ids: Vec<DeploymentId> = state.notices.iter().map(|n| n.deployment).collect();
+                ids.extend(state.running.as_ref().map(|r| r.deployment.id));
+                ids.dedup();
+                let mut posted = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let mut statuses = self.github.list_deployment_statuses(repo, id, deadline).await?;
+                    statuses.sort_by_key(|s| s.id);
+                    posted.push((id, statuses.into_iter().map(|s| s.state).collect()));
+                }
+                info!(%environment, "took over an environment whose holder stopped; reconciled with GitHub");
+                Ok(Done::Reconciled { posted })
+            }
+            Work::PostNotice(notice) => {
+                let status = NewStatus {
+                    state: notice.state,
+                    description: notice.description.clone(),
+                    log_url: notice.log_url.clone(),
+                    environment_url: None,
+                };
+                self.github.create_deployment_status(repo, notice.deployment, &status, deadline).await?;
+                Ok(Done::NoticePosted(notice.clone()))
+            }
+            Work::PostInProgress => {
+                let run = running(state)?;
+                let status = NewStatus {
+                    state: DeploymentState::InProgress,
+                    description: truncate_chars(
+                        &format!("Deploying {} to {}", run.deployment.sha.short(), environment),
+                        DESCRIPTION_LIMIT,
+                    ),
+                    log_url: None,
+                    environment_url: None,
+                };
+                self.github.create_deployment_status(repo, run.deployment.id, &status, deadline).await?;
+                Ok(Done::InProgressPosted)
+            }
+            Work::StartNext => Ok(Done::StartedNext),
+            Work::CallHook => {
+                let run = running(state)?;
+                if run.token_hash != runs::secret_hash(&me.secret) {
+                    return Ok(Done::SecretReplaced);
+                }
+                let token = CallbackToken::new(repo, environment, run.deployment.id, &me.secret);
+                let base = self.settings.public_url.as_deref().or(run.deployment.callback_base.as_deref());
+                let call = HookCall {
+                    repo,
+                    environment,
+                    deployment: &run.deployment,
+                    callback_url: base.map(|b| format!("{}/callbacks/{}", b.trim_end_matches('/'), token.as_str())),
+                    deadline_ms: run.deadline_ms,
+                };
+                let result = match self.deployer.deploy(&call, deadline).await {
+                    HookAnswer::Finished(result) => Some(result),
+                    HookAnswer::Accepted => None,
+                };
+                Ok(Done::HookAnswered { result })
+            }
+            Work::PostResult(result) => {
+                let run = running(state)?;
+                let status = NewStatus {
+                    state: result.state,
+                    description: truncate_chars(&result.description, DESCRIPTION_LIMIT),
+                    log_url: result.log_url.clone(),
+                    environment_url: result.environment_url.clone().or_else(|| {
+                        (result.state == DeploymentState::Success)
+                            .then(|| self.deployer.environment_url(environment))
+                            .flatten()
+                    }),
+                };
+                self.github.create_deployment_status(repo, run.deployment.id, &status, deadline).await?;
+                info!(deployment_id = %run.deployment.id, %environment, state = %result.state, "deployment finished");
+                Ok(Done::ResultPosted)
+            }
+            Work::EndRun => Ok(Done::RunEnded),
+        }
+    }
+
+    fn to_run(&self, delivery: &DeliveryId, d: &DeploymentCreated, callback_base: Option<&str>) -> DeploymentToRun {
+        let merged_at = d
+            .payload
+            .pointer("/deploy_webhook/merged_at")
+            .and_then(|v| v.as_str())
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned);
+        let time = merged_at.or_else(|| d.created_at.clone()).unwrap_or_default();
+        DeploymentToRun {
+            id: d.id,
+            sha: d.sha.clone(),
+            git_ref: d.git_ref.clone(),
+            task: d.task.clone(),
+            creator: d.creator.clone(),
+            payload: d.payload.clone(),
+            rank: Rank(time, d.id.0),
+            callback_base: callback_base.map(str::to_owned),
+            delivery: delivery.as_str().to_owned(),
+            arrived_ms: self.clock.now_ms(),
+        }
+    }
+}
+
+fn running(state: &EnvironmentState) -> Result<&runs::Run, ServiceError> {
+    state.running.as_ref().ok_or_else(|| ServiceError::GitHub(GitHubError::BadResponse("no run to work on".into())))
+}
+
+/// The state of deployment `id` as its environment knows it.
+fn state_of(state: &EnvironmentState, id: DeploymentId) -> DeploymentState {
+    if let Some(run) = state.running.as_ref().filter(|r| r.deployment.id == id) {
+        return match &run.phase {
+            Phase::Finishing { result, .. } => result.state,
+            _ => DeploymentState::InProgress,
+        };
+    }
+    if state.queue.iter().any(|q| q.id == id) {
+        return DeploymentState::Queued;
+    }
+    state.recent.iter().rev().find(|r| r.id == id).map_or(DeploymentState::Pending, |r| r.state)
+}
+
+/// One caller of the state machine: its lease token, and the callback secret of a run it starts.
+pub(crate) struct Holder {
+    token: String,
+    secret: String,
+}
+
+impl Holder {
+    fn new() -> Self {
+        Self { token: hex::encode(random_bytes::<8>()), secret: hex::encode(random_bytes::<16>()) }
+    }
+
+    fn token(&self) -> &str {
+        &self.token
+    }
+
+    fn ctx(&self, now: u64) -> Ctx<'_> {
+        Ctx { now, token: &self.token, secret: &self.secret }
+    }
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    if getrandom::fill(&mut bytes).is_err() {
+        // The OS source failing is not something to go on without for a secret.
+        bytes.iter_mut().for_each(|b| *b = fastrand::u8(..));
+        warn!("the OS random source failed; used a weaker one");
+    }
+    bytes
+}
+
+/// A run's callback token: `<locator>.<secret>`. The locator (base64url of repository,
+/// environment and deployment id) tells which environment to load; the secret is 128 random
+/// bits. Only a hash of the secret is stored, and it is compared in constant time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CallbackToken {
+    raw: String,
+    pub repo: RepoFullName,
+    pub environment: Environment,
+    pub deployment: DeploymentId,
+}
+
+impl std::fmt::Debug for CallbackToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallbackToken").field("deployment", &self.deployment).finish_non_exhaustive()
+    }
+}
+
+impl CallbackToken {
+    pub fn new(repo: &RepoFullName, environment: &Environment, deployment: DeploymentId, secret: &str) -> Self {
+        let locator = format!("{}\n{}\n{}", repo.as_str(), environment.as_str(), deployment.0);
+        let raw = format!("{}.{secret}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(locator));
+        Self { raw, repo: repo.clone(), environment: environment.clone(), deployment }
+    }
+
+    /// Reads a token from a callback URL; `None` for anything malformed.
+    pub fn parse(raw: &str) -> Option<Self> {
+        if raw.len() > 1024 {
+            return None;
+        }
+        let (locator, secret) = raw.split_once('.')?;
+        if secret.len() != 32 || !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let locator = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(locator).ok()?;
+        let locator = String::from_utf8(locator).ok()?;
+        let mut parts = locator.split('\n');
+        let repo = RepoFullName::parse(parts.next()?).ok()?;
+        let environment = Environment::parse(parts.next()?).ok()?;
+        let deployment = DeploymentId(parts.next()?.parse().ok()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Self { raw: raw.to_owned(), repo, environment, deployment })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    /// What the state keeps of it: see [`runs::secret_hash`].
+    pub fn hash(&self) -> String {
+        let secret = self.raw.rsplit_once('.').map_or("", |(_, s)| s);
+        runs::secret_hash(secret)
+    }
+}

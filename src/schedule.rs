@@ -1,0 +1,83 @@
+//! The second entrypoint: the same function runs on an EventBridge schedule (every minute) to
+//! sweep: time out overdue runs, start what failed to start, take over work whose holder died.
+//! An invocation is told apart by its shape: a scheduled event has `"detail-type": "Scheduled
+//! Event"`; everything else is an API Gateway (or function URL) request.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use lambda_http::lambda_runtime::LambdaEvent;
+use lambda_http::request::LambdaRequest;
+use lambda_http::{Adapter, Request, Service, service_fn};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use tracing::{error, info, warn};
+
+use crate::domain::ports::{Clock, DeployAction, GitHub, Store};
+use crate::http::WebhookHandler;
+
+/// One invocation's payload, kept raw until its shape is known (a webhook event is parsed once).
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub struct Invocation(Box<RawValue>);
+
+impl Invocation {
+    pub fn from_json(json: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    fn is_scheduled(&self) -> bool {
+        #[derive(Deserialize)]
+        struct Probe<'a> {
+            #[serde(rename = "detail-type", borrow, default)]
+            detail_type: Option<std::borrow::Cow<'a, str>>,
+        }
+        serde_json::from_str::<Probe<'_>>(self.0.get())
+            .is_ok_and(|p| p.detail_type.as_deref() == Some("Scheduled Event"))
+    }
+}
+
+/// Runs one invocation and returns what Lambda should answer.
+pub async fn dispatch<S: Store, G: GitHub, D: DeployAction, C: Clock>(
+    handler: &WebhookHandler<S, G, D, C>,
+    event: LambdaEvent<Invocation>,
+    budget: Duration,
+) -> Value {
+    let LambdaEvent { payload, context } = event;
+    if payload.is_scheduled() {
+        return sweep(handler, budget).await;
+    }
+    let request = match serde_json::from_str::<LambdaRequest>(payload.0.get()) {
+        Ok(request) => request,
+        Err(err) => {
+            warn!(error = %err, "an invocation that is neither an API Gateway request nor a scheduled event");
+            return json!({ "status": "bad_request", "message": "unrecognised invocation" });
+        }
+    };
+    // lambda_http's own adapter turns the request into an `http::Request` and the response back
+    // into the answer its origin (HTTP API, REST API, function URL) expects.
+    let mut adapter =
+        Adapter::from(service_fn(|request: Request| async { Ok::<_, Infallible>(handler.handle(request).await) }));
+    match adapter.call(LambdaEvent::new(request, context)).await {
+        Ok(response) => serde_json::to_value(response).unwrap_or(Value::Null),
+        Err(never) => match never {},
+    }
+}
+
+/// The sweep, logged as one line with what it saw and did.
+pub async fn sweep<S: Store, G: GitHub, D: DeployAction, C: Clock>(
+    handler: &WebhookHandler<S, G, D, C>,
+    budget: Duration,
+) -> Value {
+    match handler.sweep(budget).await {
+        Ok(report) => {
+            info!(due = report.due, healed = report.healed, failed = report.failed, "sweep done");
+            json!({ "status": "swept", "due": report.due, "healed": report.healed, "failed": report.failed })
+        }
+        Err(err) => {
+            error!(error = %err, "the sweep could not run; the next one tries again");
+            json!({ "status": "error", "message": "the sweep could not run" })
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Creation items: one per (repository, pull request, environment). A claim is a conditional
+//! write (absent, or `creating` with an expired lease); the result is written under the lease.
+
+use std::time::Duration;
+
+use crate::domain::ports::{Claim, CreationKey, CreationRecord, Lease, StoreError};
+use crate::domain::types::{DeliveryId, DeploymentId, Sha};
+
+use super::{DynamoStore, Item, corrupt, get_n, get_s, lease_from, n, new_token, now_iso, now_ms, s};
+
+fn creation_key(key: &CreationKey) -> (String, String) {
+    (format!("REPO#{}", key.repo.key()), format!("CREATE#PR#{}#ENV#{}", key.pr_number, key.environment))
+}
+
+fn creation_record(item: &Item) -> Result<Option<CreationRecord>, StoreError> {
+    match get_s(item, "state") {
+        Some("created") => {
+            let id = get_n(item, "deployment_id").ok_or_else(|| corrupt("created item without deployment_id"))?;
+            Ok(Some(CreationRecord::Created(DeploymentId(id))))
+        }
+        Some("rejected") => Ok(Some(CreationRecord::Rejected {
+            status: get_n(item, "github_status").unwrap_or(422) as u16,
+            message: get_s(item, "message").unwrap_or_default().to_owned(),
+        })),
+        Some("superseded") => Ok(Some(CreationRecord::Superseded)),
+        _ => Ok(None),
+    }
+}
+
+impl DynamoStore {
+    pub(super) async fn claim_creation(
+        &self,
+        key: &CreationKey,
+        sha: &Sha,
+        delivery: &DeliveryId,
+        lease_for: Duration,
+    ) -> Result<Claim<CreationRecord>, StoreError> {
+        let (pk, sk) = creation_key(key);
+        let (now, token) = (now_ms(), new_token());
+        let update = self
+            .update(pk, sk)
+            .update_expression(
+                "SET #state = :creating, lease_token = :token, lease_until = :until, sha = :sha, \
+                 pr_number = :pr, environment = :env, repository = :repo, delivery = :delivery, \
+                 updated_at = :iso, kind = :kind ADD attempts :one",
+            )
+            .condition_expression("attribute_not_exists(pk) OR (#state = :creating AND lease_until < :now)")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":creating", s("creating"))
+            .expression_attribute_values(":token", s(&token))
+            .expression_attribute_values(":until", n(now + lease_for.as_millis() as u64))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":sha", s(sha.as_str()))
+            .expression_attribute_values(":pr", n(key.pr_number))
+            .expression_attribute_values(":env", s(key.environment.as_str()))
+            .expression_attribute_values(":repo", s(key.repo.as_str()))
+            .expression_attribute_values(":delivery", s(delivery.as_str()))
+            .expression_attribute_values(":iso", s(now_iso()))
+            .expression_attribute_values(":kind", s("deployment_creation"))
+            .expression_attribute_values(":one", n(1));
+        Ok(match self.claim(update).await? {
+            Ok(item) => Claim::Acquired(lease_from(&item, token, "attempts"), ()),
+            Err(Some(old)) => match creation_record(&old)? {
+                Some(record) => Claim::Done(record),
+                None => Claim::Busy,
+            },
+            Err(None) => Claim::Busy,
+        })
+    }
+
+    pub(super) async fn read_creation(&self, key: &CreationKey) -> Result<Option<CreationRecord>, StoreError> {
+        let (pk, sk) = creation_key(key);
+        match self.get(pk, sk).await? {
+            Some(item) => creation_record(&item),
+            None => Ok(None),
+        }
+    }
+
+    pub(super) async fn finish_creation(
+        &self,
+        key: &CreationKey,
+        lease: &Lease,
+        record: &CreationRecord,
+    ) -> Result<(), StoreError> {
+        let (pk, sk) = creation_key(key);
+        let update = self
+            .update(pk, sk)
+            .condition_expression("lease_token = :token")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":token", s(&lease.token))
+            .expression_attribute_values(":iso", s(now_iso()));
+        let update = match record {
+            CreationRecord::Created(id) => update
+                .update_expression(
+                    "SET #state = :created, deployment_id = :id, updated_at = :iso REMOVE lease_token, lease_until",
+                )
+                .expression_attribute_values(":created", s("created"))
+                .expression_attribute_values(":id", n(id.0)),
+            CreationRecord::Rejected { status, message } => update
+                .update_expression(
+                    "SET #state = :rejected, github_status = :status, message = :message, updated_at = :iso \
+                     REMOVE lease_token, lease_until",
+                )
+                .expression_attribute_values(":rejected", s("rejected"))
+                .expression_attribute_values(":status", n(status))
+                .expression_attribute_values(":message", s(message)),
+            CreationRecord::Superseded => update
+                .update_expression("SET #state = :superseded, updated_at = :iso REMOVE lease_token, lease_until")
+                .expression_attribute_values(":superseded", s("superseded")),
+        };
+        self.guarded(update, "finish deployment creation").await.map(drop)
+    }
+
+    pub(super) async fn release_creation(&self, key: &CreationKey, lease: &Lease) -> Result<(), StoreError> {
+        let (pk, sk) = creation_key(key);
+        let update = self
+            .update(pk, sk)
+            .update_expression("SET lease_until = :zero, updated_at = :iso")
+            .condition_expression("lease_token = :token")
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":iso", s(now_iso()))
+            .expression_attribute_values(":token", s(&lease.token));
+        self.guarded(update, "release deployment creation").await.map(drop)
+    }
+}

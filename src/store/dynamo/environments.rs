@@ -1,0 +1,110 @@
+//! Environment items: an environment's whole run state (lock, queue, recent runs) as one JSON
+//! document with a version. Every write is a `PutItem` conditioned on the version it was read
+//! at, so that the domain's state machine is the only thing that decides and two writers can
+//! never both win; a lost race returns the stored item, so retrying costs no extra read.
+
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+
+use crate::domain::ports::{EnvKey, StoreError, Versioned};
+use crate::domain::runs::EnvironmentState;
+use crate::domain::types::{Environment, RepoFullName};
+
+use super::{DynamoStore, Item, corrupt, get_n, get_s, n, now_iso, s, unavailable};
+
+/// The partition of the sparse `due` index: every environment with work due.
+const DUE_PARTITION: &str = "DUE";
+pub const DUE_INDEX: &str = "due";
+
+fn environment_key(key: &EnvKey) -> (String, String) {
+    (format!("REPO#{}", key.repo.key()), format!("ENV#{}", key.environment))
+}
+
+fn versioned(item: &Item) -> Result<Versioned, StoreError> {
+    let version = get_n(item, "version").unwrap_or(0);
+    let doc = get_s(item, "doc").ok_or_else(|| corrupt("environment item without doc"))?;
+    let state = serde_json::from_str(doc).map_err(|e| corrupt(&format!("environment doc: {e}")))?;
+    Ok(Versioned { state, version })
+}
+
+fn env_key_of(item: &Item) -> Result<EnvKey, StoreError> {
+    let repo = get_s(item, "repository").ok_or_else(|| corrupt("environment item without repository"))?;
+    let environment = get_s(item, "environment").ok_or_else(|| corrupt("environment item without environment"))?;
+    Ok(EnvKey {
+        repo: RepoFullName::parse(repo).map_err(|e| corrupt(&e.to_string()))?,
+        environment: Environment::parse(environment).map_err(|e| corrupt(&e.to_string()))?,
+    })
+}
+
+impl DynamoStore {
+    pub(super) async fn load_env(&self, key: &EnvKey) -> Result<Versioned, StoreError> {
+        let (pk, sk) = environment_key(key);
+        match self.get(pk, sk).await? {
+            Some(item) => versioned(&item),
+            None => Ok(Versioned { state: EnvironmentState::default(), version: 0 }),
+        }
+    }
+
+    pub(super) async fn save_env(
+        &self,
+        key: &EnvKey,
+        state: &EnvironmentState,
+        expected: u64,
+    ) -> Result<Result<u64, Versioned>, StoreError> {
+        let (pk, sk) = environment_key(key);
+        let doc = serde_json::to_string(state).map_err(|e| corrupt(&format!("environment doc: {e}")))?;
+        let version = expected + 1;
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(pk))
+            .item("sk", s(sk))
+            .item("kind", s("environment"))
+            .item("repository", s(key.repo.as_str()))
+            .item("environment", s(key.environment.as_str()))
+            .item("version", n(version))
+            .item("doc", s(doc))
+            .item("updated_at", s(now_iso()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        if let Some(due) = state.due_at() {
+            put = put.item("due_pk", s(DUE_PARTITION)).item("due_at", n(due));
+        }
+        put = if expected == 0 {
+            put.condition_expression("attribute_not_exists(pk)")
+        } else {
+            put.condition_expression("version = :expected").expression_attribute_values(":expected", n(expected))
+        };
+        match put.send().await {
+            Ok(_) => Ok(Ok(version)),
+            Err(SdkError::ServiceError(service)) => match service.into_err() {
+                PutItemError::ConditionalCheckFailedException(e) => match e.item {
+                    Some(item) => Ok(Err(versioned(&item)?)),
+                    // The item vanished (deleted by hand): start from nothing.
+                    None => Ok(Err(Versioned { state: EnvironmentState::default(), version: 0 })),
+                },
+                other => Err(unavailable(other)),
+            },
+            Err(other) => Err(unavailable(other)),
+        }
+    }
+
+    pub(super) async fn due_envs(&self, now_ms: u64, limit: usize) -> Result<Vec<(EnvKey, Versioned)>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(DUE_INDEX)
+            .key_condition_expression("due_pk = :due AND due_at <= :now")
+            .expression_attribute_values(":due", AttributeValue::S(DUE_PARTITION.to_owned()))
+            .expression_attribute_values(":now", n(now_ms))
+            .limit(limit.min(1000) as i32)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        // The index is eventually consistent: a stale copy only costs a failed conditional write,
+        // which returns the fresh item.
+        out.items.unwrap_or_default().iter().map(|item| Ok((env_key_of(item)?, versioned(item)?))).collect()
+    }
+}

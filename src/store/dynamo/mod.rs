@@ -1,0 +1,205 @@
+//! The DynamoDB adapter: one table, string keys `pk`/`sk` (single-table design), one file per
+//! item family.
+//!
+//! | item | pk | sk | written by |
+//! |---|---|---|---|
+//! | deployment creation | `REPO#<owner/name>` | `CREATE#PR#<n>#ENV#<env>` | [`creations`]: claim, then result |
+//! | deployment | `REPO#<owner/name>` | `DEPLOYMENT#<id>` | [`deployments`]: newest status wins |
+//! | environment | `REPO#<owner/name>` | `ENV#<env>` | [`environments`]: the run state, versioned |
+//!
+//! Every write that guards an effect is a single conditional write, so two Lambda instances can
+//! never both win. Environments with work due carry `due_pk`/`due_at`, the keys of the sparse
+//! index `due` that the sweep queries; the others are not in that index at all.
+
+mod creations;
+mod deployments;
+mod environments;
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use tracing::warn;
+
+use crate::domain::StatusRecord;
+use crate::domain::ports::{Claim, CreationKey, CreationRecord, EnvKey, Lease, Store, StoreError, Versioned};
+use crate::domain::runs::EnvironmentState;
+use crate::domain::types::{DeliveryId, DeploymentId, Environment, RepoFullName, Sha};
+
+pub use environments::DUE_INDEX;
+
+type Item = HashMap<String, AttributeValue>;
+
+#[derive(Clone, Debug)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self { client, table: table.into() }
+    }
+
+    fn update(&self, pk: String, sk: String) -> UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(pk))
+            .key("sk", AttributeValue::S(sk))
+    }
+
+    async fn get(&self, pk: String, sk: String) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(pk))
+            .key("sk", AttributeValue::S(sk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(out.item)
+    }
+
+    /// Sends a claim: `Ok(Ok(new item))` when won, `Ok(Err(old item))` when the condition failed.
+    async fn claim(&self, update: UpdateItemFluentBuilder) -> Result<Result<Item, Option<Item>>, StoreError> {
+        let sent = update
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match sent {
+            Ok(out) => Ok(Ok(out.attributes.unwrap_or_default())),
+            Err(err) => match condition_failed(err) {
+                Ok(old) => Ok(Err(old)),
+                Err(err) => Err(err),
+            },
+        }
+    }
+
+    /// Sends a write guarded by our lease; a lost lease is logged, not an error: the effect is
+    /// recorded under its own key by whoever holds it now.
+    async fn guarded(&self, update: UpdateItemFluentBuilder, what: &str) -> Result<bool, StoreError> {
+        match update.send().await {
+            Ok(_) => Ok(true),
+            Err(err) => {
+                condition_failed(err)?;
+                warn!("{what}: the lease was lost to another attempt");
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// `Ok(old item)` if `err` is a failed condition, else the error as a [`StoreError`].
+fn condition_failed(err: SdkError<UpdateItemError>) -> Result<Option<Item>, StoreError> {
+    match err {
+        SdkError::ServiceError(service) => match service.into_err() {
+            UpdateItemError::ConditionalCheckFailedException(e) => Ok(e.item),
+            other => Err(StoreError::Unavailable(DisplayErrorContext(other).to_string())),
+        },
+        other => Err(unavailable(other)),
+    }
+}
+
+fn unavailable<E: std::error::Error + 'static>(err: E) -> StoreError {
+    StoreError::Unavailable(DisplayErrorContext(err).to_string())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+fn now_iso() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn get_s<'a>(item: &'a Item, key: &str) -> Option<&'a str> {
+    item.get(key).and_then(|v| v.as_s().ok()).map(String::as_str)
+}
+
+fn get_n(item: &Item, key: &str) -> Option<u64> {
+    item.get(key).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_owned())
+}
+
+fn lease_from(item: &Item, token: String, attempts_attr: &str) -> Lease {
+    Lease { token, attempt: get_n(item, attempts_attr).unwrap_or(1) as u32 }
+}
+
+fn new_token() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+impl Store for DynamoStore {
+    async fn claim_deployment_creation(
+        &self,
+        key: &CreationKey,
+        sha: &Sha,
+        delivery: &DeliveryId,
+        lease_for: Duration,
+    ) -> Result<Claim<CreationRecord>, StoreError> {
+        self.claim_creation(key, sha, delivery, lease_for).await
+    }
+
+    async fn read_deployment_creation(&self, key: &CreationKey) -> Result<Option<CreationRecord>, StoreError> {
+        self.read_creation(key).await
+    }
+
+    async fn finish_deployment_creation(
+        &self,
+        key: &CreationKey,
+        lease: &Lease,
+        record: &CreationRecord,
+    ) -> Result<(), StoreError> {
+        self.finish_creation(key, lease, record).await
+    }
+
+    async fn release_deployment_creation(&self, key: &CreationKey, lease: &Lease) -> Result<(), StoreError> {
+        self.release_creation(key, lease).await
+    }
+
+    async fn record_deployment_status(
+        &self,
+        repo: &RepoFullName,
+        id: DeploymentId,
+        environment: Option<&Environment>,
+        status: &StatusRecord,
+    ) -> Result<bool, StoreError> {
+        self.record_status(repo, id, environment, status).await
+    }
+
+    async fn load_environment(&self, key: &EnvKey) -> Result<Versioned, StoreError> {
+        self.load_env(key).await
+    }
+
+    async fn save_environment(
+        &self,
+        key: &EnvKey,
+        state: &EnvironmentState,
+        expected: u64,
+    ) -> Result<Result<u64, Versioned>, StoreError> {
+        self.save_env(key, state, expected).await
+    }
+
+    async fn due_environments(&self, now_ms: u64, limit: usize) -> Result<Vec<(EnvKey, Versioned)>, StoreError> {
+        self.due_envs(now_ms, limit).await
+    }
+}
