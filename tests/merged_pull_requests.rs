@@ -43,7 +43,7 @@ async fn a_merged_pr_creates_one_deployment_of_the_merge_commit_with_the_exact_r
         "payload": {
             "deploy_user": "Codertocat",
             "pull_request": {"number": 2, "url": format!("https://github.com/{REPO}/pull/2"), "base_ref": "master"},
-            "deploy_webhook": {"marker": "codertocat/hello-world#2#production", "delivery": delivery},
+            "deploy_webhook": {"marker": "codertocat/hello-world#2#production", "delivery": delivery, "merged_at": "2026-11-22T19:02:00Z"},
         },
     });
     Mock::given(method("POST"))
@@ -73,10 +73,9 @@ async fn a_merged_pr_creates_one_deployment_of_the_merge_commit_with_the_exact_r
     assert_eq!(attr_s(creation[0], "state"), Some("created"));
     assert_eq!(attr_n(creation[0], "deployment_id"), Some(145988746));
     assert_eq!(attr_s(creation[0], "sha"), Some(SHA));
-    let deliveries = items_with_sk_prefix(&items, "DELIVERY");
-    assert_eq!(deliveries.len(), 1);
-    assert_eq!(attr_s(deliveries[0], "state"), Some("done"));
-    assert!(attr_n(deliveries[0], "expires_at").is_some(), "delivery records expire through TTL");
+    // The delivery's audit trail is on the creation item; there is no separate ledger item.
+    assert_eq!(attr_s(creation[0], "delivery"), Some(delivery.as_str()));
+    assert_eq!(items.len(), 1);
 }
 
 #[tokio::test]
@@ -131,7 +130,8 @@ async fn the_same_delivery_twice_creates_one_deployment() {
     assert_eq!(app.send(&event).await.1["status"], "processed");
     let (status, body) = app.send(&event).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("duplicate")));
-    assert!(body["detail"]["recorded"].as_str().unwrap().contains("processed"));
+    assert_eq!(body["detail"]["deployments"][0]["result"], "already_created");
+    assert_eq!(body["detail"]["deployments"][0]["deployment_id"], 1);
 }
 
 #[tokio::test]
@@ -295,8 +295,10 @@ async fn github_down_is_5xx_then_a_redelivery_creates_exactly_one_deployment() {
     let (status, body) = app.send(&event).await;
     assert_eq!((status, body["status"].as_str()), (502, Some("error")), "{body}");
     assert!(!body["message"].as_str().unwrap().contains("503"), "internal detail leaked: {body}");
+    // The claim is released at once, for the redelivery.
     let items = app.items().await;
-    assert_eq!(attr_s(items_with_sk_prefix(&items, "DELIVERY")[0], "state"), Some("failed"));
+    assert_eq!(attr_s(creation_items(&items)[0], "state"), Some("creating"));
+    assert_eq!(attr_n(creation_items(&items)[0], "lease_until"), Some(0));
     drop(down);
 
     mount_created(&app, 14, 1).await;
@@ -304,7 +306,7 @@ async fn github_down_is_5xx_then_a_redelivery_creates_exactly_one_deployment() {
     assert_eq!((status, body["status"].as_str()), (200, Some("processed")), "{body}");
     let items = app.items().await;
     assert_eq!(attr_s(creation_items(&items)[0], "state"), Some("created"));
-    assert_eq!(attr_s(items_with_sk_prefix(&items, "DELIVERY")[0], "state"), Some("done"));
+    assert_eq!(attr_n(creation_items(&items)[0], "attempts"), Some(2));
 }
 
 #[tokio::test]

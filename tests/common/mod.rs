@@ -198,6 +198,7 @@ pub fn merged_pr(number: u64, base: &str) -> Value {
     p["pull_request"]["number"] = json!(number);
     p["pull_request"]["merged"] = json!(true);
     p["pull_request"]["merge_commit_sha"] = json!(SHA);
+    p["pull_request"]["merged_at"] = json!(format!("2026-11-22T19:{:02}:00Z", number % 60));
     p["pull_request"]["base"]["ref"] = json!(base);
     p["pull_request"]["html_url"] = json!(format!("https://github.com/{REPO}/pull/{number}"));
     p
