@@ -46,7 +46,7 @@ pub enum ConfigError {
     BadMillis { name: &'static str, value: String, min: u64, max: u64 },
     #[error("{0} holds characters not allowed in an HTTP header")]
     BadToken(&'static str),
-    #[error("{name} must be a whole number of minutes between 1 and 1440, got {value:?}")]
+    #[error("{name} must be a number of minutes between 0.05 and 1440, got {value:?}")]
     BadMinutes { name: String, value: String },
 }
 
@@ -135,9 +135,10 @@ fn http_url(name: &str, value: &str) -> Result<String, ConfigError> {
     }
 }
 
+/// Minutes, fractions allowed (`0.1` is 6 s: short timeouts for local runs and tests).
 fn minutes(name: &str, raw: &str) -> Result<Duration, ConfigError> {
-    match raw.trim().parse::<u64>() {
-        Ok(m) if (1..=1440).contains(&m) => Ok(Duration::from_secs(m * 60)),
+    match raw.trim().parse::<f64>() {
+        Ok(m) if (0.05..=1440.0).contains(&m) => Ok(Duration::from_millis((m * 60_000.0).round() as u64)),
         _ => Err(ConfigError::BadMinutes { name: name.to_owned(), value: raw.to_owned() }),
     }
 }

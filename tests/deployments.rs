@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
@@ -85,7 +84,7 @@ async fn a_deployment_without_a_hook_reports_in_progress_then_success() {
     let items = app.items().await;
     assert_eq!(items.len(), 1, "only the environment item");
     assert_eq!(attr_n(&items[0], "version"), Some(2));
-    assert!(items[0].get("due_at").is_none(), "nothing left for the sweep");
+    assert!(!items[0].contains_key("due_at"), "nothing left for the sweep");
 }
 
 #[tokio::test]

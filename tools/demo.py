@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -20,7 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import events  # noqa: E402
 from github_standin import GitHubStandIn  # noqa: E402
+from hook_standin import HookStandIn  # noqa: E402
 from lambda_local import LocalLambda, status_of  # noqa: E402
+from loopback_server import QuietThreadingHTTPServer  # noqa: E402
 
 TABLE = "deploy-webhook-local"
 SECRET = events.SAMPLE_SECRET
@@ -34,6 +38,14 @@ failures = []
 def short(value, width=110):
     text = json.dumps(value, separators=(",", ":")) if not isinstance(value, str) else value
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def answer(body):
+    """A response body as a reader wants it: the status word first, then the details."""
+    if not isinstance(body, dict):
+        return short(body, 200)
+    rest = {k: v for k, v in body.items() if k not in ("status", "delivery")}
+    return f"{body.get('status')}  {json.dumps(rest, separators=(',', ':'))}"
 
 
 def show_call(call):
@@ -50,7 +62,7 @@ def send(fn, title, event, expect_status, expect_word=None):
     word = body.get("status") if isinstance(body, dict) else None
     ok = code == expect_status and (expect_word is None or word == expect_word)
     colour = GREEN if ok else RED
-    print(f"  {colour}← {code}{RESET} {short(body, 150)}")
+    print(f"  {colour}← {code}{RESET} {answer(body)}")
     if not ok:
         failures.append(f"{title}: expected {expect_status} {expect_word or ''}, got {code} {word}")
     return body
@@ -82,6 +94,141 @@ def print_table(endpoint):
     return plain
 
 
+class LocalApi:
+    """The API Gateway in front of the function, on loopback, for the deploy system's callbacks:
+    POST /callbacks/<token> becomes an HTTP API event for the function, as in AWS."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.server = None
+
+    def start(self):
+        api = self
+        from http.server import BaseHTTPRequestHandler
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                event = {
+                    "version": "2.0", "routeKey": "POST /callbacks/{token}", "rawPath": self.path,
+                    "rawQueryString": "", "headers": {k.lower(): v for k, v in self.headers.items()},
+                    "requestContext": {
+                        "accountId": "123456789012", "apiId": "local", "domainName": self.headers.get("Host"),
+                        "domainPrefix": "local", "http": {"method": "POST", "path": self.path,
+                                                          "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1",
+                                                          "userAgent": "hook"},
+                        "requestId": str(uuid.uuid4()), "routeKey": "POST /callbacks/{token}", "stage": "$default",
+                        "time": "22/Nov/2026:19:00:00 +0000", "timeEpoch": 1795460400000},
+                    "body": body.decode(), "isBase64Encoded": False,
+                }
+                response = api.fn.invoke(event)
+                out = (response.get("body") or "").encode()
+                self.send_response(response.get("statusCode", 502))
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+        self.server = QuietThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self):
+        if self.server:
+            self.server.shutdown()
+
+
+def deployment_event(github, deployment_id):
+    """The `deployment` event GitHub sends for a deployment the stand-in holds."""
+    dep = github.deployments[deployment_id]
+    payload = events.load_payload("deployment.created")
+    payload["deployment"].update(id=deployment_id, sha=dep["sha"], ref=dep["ref"], environment=dep["environment"],
+                                 payload=dep["payload"], description=dep["description"])
+    return events.api_gateway_event("deployment", payload, str(uuid.uuid4()), SECRET)
+
+
+def merge(number, base, merged_at, sha):
+    payload = events.load_payload("pull_request.merged")
+    payload["number"] = number
+    pr = payload["pull_request"]
+    pr.update(number=number, merged_at=merged_at, merge_commit_sha=sha, title=f"Change {number}")
+    pr["base"]["ref"] = base
+    return events.api_gateway_event("pull_request", payload, str(uuid.uuid4()), SECRET)
+
+
+def wait_until(what, check, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    failures.append(f"timed out waiting for {what}")
+    return False
+
+
+def timeline(github, ids):
+    print(f"\n{BOLD}GitHub status timeline{RESET}")
+    for deployment_id in ids:
+        states = [s["state"] for s in github.statuses.get(deployment_id, [])]
+        env = github.deployments[deployment_id]["environment"]
+        print(f"  deployment {deployment_id} ({env}): " + " → ".join(states))
+    return {i: [s["state"] for s in github.statuses.get(i, [])] for i in ids}
+
+
+def async_flow(fn, github):
+    """Three merges into staging in quick succession with an asynchronous hook."""
+    print(f"\n{BOLD}Asynchronous deploys: three merges into release/1 → staging, one run at a time{RESET}")
+    ids = []
+    for n in (11, 12, 13):
+        sha = f"{n:02d}" * 20
+        body = send(fn, f"pull request #{n} merged into release/1", merge(n, "release/1", f"2026-11-22T19:{n}:00Z", sha),
+                    200, "processed")
+        ids.append(body["detail"]["deployments"][0]["deployment_id"])
+    expected = ["processed", "queued", "queued"]
+    for deployment_id, word in zip(ids, expected):
+        send(fn, f"deployment {deployment_id} created (GitHub's event for it)", deployment_event(github, deployment_id),
+             200, word)
+    print(f"  {DIM}… the hook answered 202 for {ids[0]} and calls back in a few seconds; "
+          f"{ids[1]} and {ids[2]} wait{RESET}")
+    wait_until(f"deployment {ids[2]} to finish", lambda: any(
+        s["state"] == "success" for s in github.statuses.get(ids[2], [])))
+    got = timeline(github, ids)
+    want = {ids[0]: ["in_progress", "in_progress", "success"], ids[1]: ["queued", "inactive"],
+            ids[2]: ["queued", "in_progress", "in_progress", "success"]}
+    if got != want:
+        failures.append(f"the asynchronous timeline is {got}, expected {want}")
+
+
+def timeout_flow(fn, github):
+    """A deploy system that never calls back: the sweep ends the run at its deadline."""
+    print(f"\n{BOLD}A deploy that never reports back: the sweep times it out (DEPLOY_TIMEOUT_MINUTES_QA=0.05){RESET}")
+    body = send(fn, "pull request #21 merged into qa-branch", merge(21, "qa-branch", "2026-11-22T20:00:00Z", "21" * 20),
+                200, "processed")
+    deployment_id = body["detail"]["deployments"][0]["deployment_id"]
+    send(fn, f"deployment {deployment_id} created", deployment_event(github, deployment_id), 200, "processed")
+    time.sleep(3.5)
+    scheduled = {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event", "source": "aws.events",
+                 "account": "123456789012", "time": "2026-11-22T20:01:00Z", "region": "us-east-1",
+                 "resources": ["arn:aws:events:us-east-1:123456789012:rule/deploy-webhook-sweep"], "detail": {}}
+    print(f"\n{BOLD}▶ the scheduled sweep (an EventBridge event){RESET}")
+    result = fn.invoke(scheduled)
+    print(f"  ← {json.dumps(result)}")
+    if result.get("healed") != 1:
+        failures.append(f"the sweep should have timed out one run: {result}")
+    got = timeline(github, [deployment_id])
+    if got[deployment_id] != ["in_progress", "error"]:
+        failures.append(f"the timed-out run's statuses are {got[deployment_id]}")
+
+
 def main():
     if not BINARY.exists():
         raise SystemExit(f"{BINARY} is missing: run `make run` (it builds it)")
@@ -91,16 +238,24 @@ def main():
     fn_log = open(run_dir / "function.log", "wb")
     ddb, endpoint = start_dynamodb(ddb_log)
     github = GitHubStandIn(on_call=show_call).start()
+    hook = HookStandIn(secret=SECRET, on_line=lambda line: print(f"      {DIM}hook: {line}{RESET}")).start()
     fn = LocalLambda([str(BINARY)], env={
         "GITHUB_WEBHOOK_SECRET": SECRET,
         "GITHUB_TOKEN": "ghp_local_demo_token",
         "GITHUB_API_URL": github.url,
         "DEPLOYMENTS_TABLE": TABLE,
         "ENVIRONMENT_URL": "https://hello-world.example.com",
+        "DEPLOY_RULES": "@default=production,release/*=staging,qa-branch=qa",
+        "DEPLOY_HOOK_URL_STAGING": f"{hook.url}/async?delay=3",
+        "DEPLOY_HOOK_URL_QA": f"{hook.url}/never",
+        "DEPLOY_TIMEOUT_MINUTES_QA": "0.05",
         "AWS_ENDPOINT_URL_DYNAMODB": endpoint,
         "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
         "AWS_LAMBDA_LOG_FORMAT": "JSON", "AWS_LAMBDA_LOG_LEVEL": "INFO",
-    }, log=fn_log).start()
+    }, log=fn_log)
+    api = LocalApi(fn).start()
+    fn.env["PUBLIC_URL"] = api.url
+    fn.start()
     print(f"{BOLD}deploy-webhook, locally{RESET}: function {BINARY.relative_to(ROOT)} under a local Lambda "
           f"runtime, DynamoDB {endpoint}, GitHub stand-in {github.url}")
     try:
@@ -147,8 +302,12 @@ def main():
                           for c in github.calls))
         if [c["body"].get("state") for c in posted[1:]] != ["in_progress", "success"]:
             failures.append("the deployment's statuses were not in_progress then success")
+        async_flow(fn, github)
+        timeout_flow(fn, github)
     finally:
         fn.stop()
+        api.stop()
+        hook.stop()
         github.stop()
         ddb.terminate()
         ddb.wait()
