@@ -54,11 +54,13 @@ events: ## rebuild and re-sign events/*.json from events/payloads/ (secret: $GIT
 	python3 tools/events.py
 
 # make watch / invoke / reset settings: ENV_FILE (the function's settings), WATCH_PORT (cargo
-# lambda watch's port), INVOKE_TIMEOUT (seconds make invoke waits for an answer).
+# lambda watch's port), INVOKE_TIMEOUT (seconds make invoke waits for an answer), SWEEP_EVERY
+# (seconds between the scheduled sweeps make watch sends the function; 0: none).
 ENV_FILE       ?= .env
 WATCH_PORT     ?= 9000
 INVOKE_TIMEOUT ?= 120
-export ENV_FILE WATCH_PORT INVOKE_TIMEOUT
+SWEEP_EVERY    ?= 60
+export ENV_FILE WATCH_PORT INVOKE_TIMEOUT SWEEP_EVERY
 
 .env:
 	cp .env.example .env

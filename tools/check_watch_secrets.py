@@ -7,8 +7,9 @@ free loopback ports, then runs the real `make watch ENV_FILE=... WATCH_PORT=...`
 in its environment (a developer's shell may have it; cargo-lambda's file watcher then logs the
 function's whole environment), sends events through `make invoke` (a ping, a merged PR and a
 deployment signed with the sentinel secret, so the token goes to the GitHub stand-in and the
-secret signs the deploy-hook call, and a forged delivery), edits the env file so the function
-restarts, and stops everything with SIGINT to the process group, as Ctrl-C does. It fails if a
+secret signs the deploy-hook call, and a forged delivery) while watch sends a scheduled sweep
+every 2 s, edits the env file so the function restarts, and stops everything with SIGINT to the
+process group, as Ctrl-C does. It fails if a
 sentinel appears in anything printed, if tools/watch.py had to redact one (its first line of
 defence failed), if the function did not really run, or if anything outlives the Ctrl-C.
 
@@ -126,7 +127,7 @@ def main():
         print(f"secrets-check: FAILED: the debug build did not succeed: {err}")
         return 1
 
-    env = {**os.environ, "RUST_LOG": "trace", **{k: v for k, v in sentinels.items()}}
+    env = {**os.environ, "RUST_LOG": "trace", "SWEEP_EVERY": "2", **sentinels}
     # ^ also the sentinels in the shell's own environment, as a developer who exported them would have
     make = ["make", "--no-print-directory", "-C", str(ROOT)]
     started = time.monotonic()

@@ -123,6 +123,9 @@ class GitHubStandIn:
 
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path == "/_local/reset":  # the stand-in's own control route, no GitHub headers
+                    gh.reset()
+                    return self._reply(200, {"deployments": sorted(gh.deployments)})
                 problem = self._check_headers()
                 try:
                     body = json.loads(raw or b"{}")
@@ -131,9 +134,6 @@ class GitHubStandIn:
                 if problem:
                     return self._reply(401, {"message": problem}, body)
                 now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-                if self.path == "/_local/reset":
-                    gh.reset()
-                    return self._reply(200, {"deployments": sorted(gh.deployments)})
                 if m := DEPLOYMENTS.match(self.path):
                     if not isinstance(body.get("ref"), str):
                         return self._reply(422, {"message": "Validation Failed",

@@ -18,7 +18,11 @@ How secrets are kept off the terminal:
   * every line the children print passes through here, and any value of a .env key that names a
     secret (*SECRET*, *TOKEN*, *PASSWORD*, ...) is replaced by *** before it is shown. A
     replacement is counted and reported at exit: it means the first rule failed somewhere.
-Settings: ENV_FILE (default .env), WATCH_PORT (default 9000), INVOKE_TIMEOUT (default 120 s).
+While the function runs, it is also sent EventBridge's "Scheduled Event" every SWEEP_EVERY seconds
+(default 60, 0 = never), as the template's schedule does on AWS: the sweep that times out
+deployments whose hook never called back.
+Settings: ENV_FILE (default .env), WATCH_PORT (default 9000), INVOKE_TIMEOUT (default 120 s),
+SWEEP_EVERY (default 60 s).
 `tools/check_watch_secrets.py` (part of `make test`) checks all this with sentinel secrets.
 """
 import argparse
@@ -34,6 +38,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -70,16 +75,38 @@ def parse_env_file(path):
         if not sep or not KEY.match(key):
             problems.append(f"{path} line {number}: not KEY=VALUE")
             continue
-        if value[:1] in ("'", '"'):
-            end = value.find(value[0], 1)
+        if value[:1] == "'":
+            end = value.find("'", 1)
             if end < 0:
                 problems.append(f"{path} line {number} ({key}): the quote is not closed")
                 continue
             value = value[1:end]
+        elif value[:1] == '"':
+            match = re.match(r'"((?:[^"\\]|\\.)*)"', value)
+            if not match:
+                problems.append(f"{path} line {number} ({key}): the quote is not closed")
+                continue
+            value = re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m[1], m[1]), match[1])
         else:
             value = re.split(r"\s+#", value, maxsplit=1)[0].strip()
         variables[key] = value
     return variables, problems
+
+
+def env_file_text(variables):
+    """The variables as an env file cargo-lambda's parser reads back exactly (it rejects an
+    unquoted '=' or space, and expands $ and backslashes inside double quotes): single quotes,
+    or double quotes for a value holding a single quote. Raises ValueError, naming the key only,
+    for the one thing it cannot carry."""
+    lines = []
+    for key, value in variables.items():
+        if "'" not in value and "\n" not in value:
+            lines.append(f"{key}='{value}'")
+        elif not re.search(r'[$\\\n]', value):
+            lines.append(f'{key}="{value.replace(chr(34), chr(92) + chr(34))}"')
+        else:
+            raise ValueError(f"{key}: cargo-lambda cannot be given a value holding both ' and $, \\ or a newline")
+    return "".join(line + "\n" for line in lines)
 
 
 def secret_values(variables):
@@ -268,6 +295,10 @@ class Watch:
         self.cargo_lambda = None
         self.built = False
         self.init_failed_at = None
+        # What cargo-lambda reads with --env-file: .env rewritten so its parser reads every value
+        # back exactly (.env itself may use any dotenv syntax); private to this user, removed at exit.
+        self.private_dir = Path(tempfile.mkdtemp(prefix="deploy-webhook-watch-"))
+        self.cargo_env_file = self.private_dir / "function.env"
 
     def on_line(self, line):
         if "configuration:" in line and ("ERROR" in line or "error" in line):
@@ -347,27 +378,65 @@ class Watch:
             finally:
                 fn.stop()
 
-    def start_cargo_lambda(self):
-        argv = ["cargo", "lambda", "watch", "--env-file", str(self.env_file), "--invoke-address", "127.0.0.1",
+    def start_cargo_lambda(self, variables):
+        """Starts cargo lambda watch; returns None once it listens, else what went wrong."""
+        fd = os.open(self.cargo_env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(env_file_text(variables))
+        argv = ["cargo", "lambda", "watch", "--env-file", str(self.cargo_env_file), "--invoke-address", "127.0.0.1",
                 "--invoke-port", str(self.watch_port), "--color", "always" if sys.stdout.isatty() else "never"]
-        variables, _ = parse_env_file(self.env_file)
         self.init_failed_at = None
         self.cargo_lambda = spawn(self.out, argv, child_env(variables))
+        deadline = time.monotonic() + 60
+        while not port_in_use(self.watch_port):
+            if self.cargo_lambda.poll() is not None:
+                code = self.cargo_lambda.returncode
+                self.cargo_lambda.relay_thread.join(2)
+                self.cargo_lambda = None
+                return f"cargo lambda watch exited with {code} (see above)"
+            if time.monotonic() > deadline or self.stopping.wait(0.1):
+                return None if self.stopping.is_set() else "cargo lambda watch did not listen within 60 s"
+        return None
 
     def stop_cargo_lambda(self):
         if self.cargo_lambda is not None:
             stop([self.cargo_lambda], signal.SIGINT)
             self.cargo_lambda = None
 
+    def sweeps(self, every):
+        """Sends the scheduled event every `every` seconds while cargo lambda watch listens."""
+        while not self.stopping.wait(every):
+            if self.cargo_lambda is None or not port_in_use(self.watch_port):
+                continue
+            event = {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event",
+                     "source": "aws.events", "account": "123456789012",
+                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "region": "us-east-1",
+                     "resources": ["arn:aws:events:us-east-1:123456789012:rule/deploy-webhook-local-sweep"],
+                     "detail": {}}
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{self.watch_port}/2015-03-31/functions/{FUNCTION}/invocations",
+                data=json.dumps(event).encode(), method="POST", headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=max(30, every)) as response:
+                    response.read()
+            except (OSError, ValueError) as err:
+                self.out.say(f"note: the scheduled sweep invoke failed: {err}", YELLOW)
+
     def run(self):
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, lambda *_: self.stopping.set())
+        every = float(os.environ.get("SWEEP_EVERY") or 60)
+        if every > 0:
+            threading.Thread(target=self.sweeps, args=(every,), daemon=True).start()
         try:
             return self.loop()
         finally:
             self.out.say("stopping ...")
             self.stop_cargo_lambda()
             stop(list(self.services.values()))
+            for leftover in self.private_dir.glob("*"):
+                leftover.unlink()
+            self.private_dir.rmdir()
             if self.out.redactions:
                 self.out.say(f"{self.out.redactions} occurrence(s) of secret values were replaced by *** in the "
                              "output above: please report this", BOLD + RED)
@@ -398,6 +467,11 @@ class Watch:
                 error = self.preflight(variables)
                 if error:
                     problems.append(f"the function does not start with {self.env_file}:\n{error}")
+            if not problems:
+                try:
+                    env_file_text(variables)
+                except ValueError as err:
+                    problems.append(str(err))
             if problems:
                 self.stop_cargo_lambda()
                 for problem in problems:
@@ -409,17 +483,28 @@ class Watch:
             if not first:
                 self.out.say(f"restarting the function with the new {self.env_file}", BOLD)
             self.stop_cargo_lambda()
-            self.start_cargo_lambda()
+            error = self.start_cargo_lambda(variables)
+            if self.stopping.is_set():
+                break
+            if error:
+                self.stop_cargo_lambda()
+                self.out.say(f"✗ {error}", BOLD + RED)
+                self.out.say(f"waiting for a change of {self.env_file} to try again (Ctrl-C stops)", BOLD)
+                self.wait_for_change(since)
+                continue
             self.out.say(f"ready: cargo lambda watch on http://127.0.0.1:{self.watch_port}. In another terminal: "
                          "make invoke EVENT=events/ping.json", BOLD + GREEN)
             first = False
             changed = self.wait_for_change(since)
-            if not changed and not self.stopping.is_set():
-                code = self.cargo_lambda.wait()
-                self.out.say(f"cargo lambda watch exited with {code}", BOLD + RED)
-                return code or 1
             if changed:
                 self.out.say(f"{self.env_file} changed", BOLD)
+            elif not self.stopping.is_set():
+                code = self.cargo_lambda.wait()
+                self.cargo_lambda.relay_thread.join(2)
+                self.cargo_lambda = None
+                self.out.say(f"✗ cargo lambda watch exited with {code} (see above); waiting for a change of "
+                             f"{self.env_file} to start it again (Ctrl-C stops)", BOLD + RED)
+                self.wait_for_change(since)
         return 0
 
 
