@@ -80,7 +80,7 @@ class HookStandIn:
         self.server.server_close()
 
     def _log(self, line):
-        self.on_line(f"hook {line}")
+        self.on_line(line)  # "<- POST /sync deployment 7 ..."; the CLI prints it as "hook <- ..."
 
     def _verified(self, raw, header):
         return any(hmac.compare_digest(sign(s, raw), header or "") for s in self.secrets)
@@ -207,7 +207,7 @@ def main():
     args = parser.parse_args()
     try:
         hook = HookStandIn(args.secret or os.environ.get("GITHUB_WEBHOOK_SECRET"), port=args.port,
-                           on_line=lambda line: print(line, flush=True)).start()
+                           on_line=lambda line: print(f"hook {line}", flush=True)).start()
     except (ValueError, OSError) as err:
         sys.exit(f"hook stand-in: {err}")
     if args.port == 0:
