@@ -1,17 +1,22 @@
 //! Wiring: the production adapters built from [`Config`], once per cold start.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use aws_config::environment::EnvironmentVariableCredentialsProvider;
+use aws_config::identity::IdentityCache;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, SdkConfig};
-use aws_sdk_dynamodb::config::SharedHttpClient;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_dynamodb::config::{SharedCredentialsProvider, SharedHttpClient};
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
 
 use crate::config::Config;
 use crate::deploy::hook::HookDeployer;
+use crate::domain::ports::SystemClock;
 use crate::domain::{Service, ServiceSettings};
-use crate::github::client::{GitHubClient, RetryPolicy, http_client};
+use crate::github::auth::GitHubAuth;
+use crate::github::client::{ExtraCaCerts, GitHubClient, RetryPolicy, http_client_trusting};
 use crate::http::WebhookHandler;
 use crate::store::dynamo::DynamoStore;
 
@@ -30,8 +35,13 @@ pub enum InitError {
 /// whole trust store (a few milliseconds of init, measured by `make bench`).
 const AMAZON_ROOTS_PEM: &str = include_str!("store/amazon-roots.pem");
 
-fn aws_https_client() -> Result<SharedHttpClient, InitError> {
-    let trust = TrustStore::empty().with_native_roots(false).with_pem_certificate(AMAZON_ROOTS_PEM.as_bytes());
+/// The AWS SDK's HTTPS client: the Amazon roots, plus `extra` (`EXTRA_CA_CERTS_FILE`, for an
+/// `AWS_ENDPOINT_URL_DYNAMODB` behind a private CA).
+fn aws_https_client(extra: &ExtraCaCerts) -> Result<SharedHttpClient, InitError> {
+    let mut trust = TrustStore::empty().with_native_roots(false).with_pem_certificate(AMAZON_ROOTS_PEM.as_bytes());
+    if !extra.is_empty() {
+        trust = trust.with_pem_certificate(extra.pem());
+    }
     let tls =
         TlsContext::builder().with_trust_store(trust).build().map_err(|e| InitError::AwsHttpClient(e.to_string()))?;
     Ok(aws_smithy_http_client::Builder::new()
@@ -41,11 +51,29 @@ fn aws_https_client() -> Result<SharedHttpClient, InitError> {
 }
 
 /// The AWS SDK settings: short timeouts and few retries, because the whole delivery must answer
-/// GitHub within 10 seconds. Region, credentials and `AWS_ENDPOINT_URL_DYNAMODB` come from the
-/// usual AWS environment.
+/// GitHub within 10 seconds.
+///
+/// Built from the environment Lambda gives a function, not by `aws_config::load`: its default
+/// chains look for profile files, SSO, web identity, container and instance metadata credentials
+/// and a dozen settings in `~/.aws/config`, none of which exists in Lambda (it is init time,
+/// measured by `make bench`). What is read: `AWS_REGION` (or `AWS_DEFAULT_REGION`); the
+/// credentials in `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`;
+/// `AWS_ENDPOINT_URL_DYNAMODB` (or `AWS_ENDPOINT_URL`) unless
+/// `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`; `AWS_USE_FIPS_ENDPOINT` and
+/// `AWS_USE_DUALSTACK_ENDPOINT`.
 pub async fn aws_config() -> Result<SdkConfig, InitError> {
-    Ok(aws_config::defaults(BehaviorVersion::latest())
-        .http_client(aws_https_client()?)
+    aws_config_from(|name| std::env::var(name).ok(), &ExtraCaCerts::default())
+}
+
+fn aws_config_from(var: impl Fn(&str) -> Option<String>, extra: &ExtraCaCerts) -> Result<SdkConfig, InitError> {
+    let var = |name: &str| var(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    let flag = |name: &str| var(name).map(|v| v.eq_ignore_ascii_case("true"));
+    let mut sdk = SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")).map(Region::new))
+        .credentials_provider(SharedCredentialsProvider::new(EnvironmentVariableCredentialsProvider::new()))
+        .identity_cache(IdentityCache::lazy().build())
+        .http_client(aws_https_client(extra)?)
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_millis(1000))
@@ -53,15 +81,30 @@ pub async fn aws_config() -> Result<SdkConfig, InitError> {
                 .operation_timeout(Duration::from_millis(3500))
                 .build(),
         )
-        .retry_config(RetryConfig::standard().with_max_attempts(3))
-        .load()
-        .await)
+        .retry_config(RetryConfig::standard().with_max_attempts(3));
+    if flag("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS") != Some(true)
+        && let Some(url) = var("AWS_ENDPOINT_URL_DYNAMODB").or_else(|| var("AWS_ENDPOINT_URL"))
+    {
+        sdk = sdk.endpoint_url(url);
+    }
+    if let Some(fips) = flag("AWS_USE_FIPS_ENDPOINT") {
+        sdk = sdk.use_fips(fips);
+    }
+    if let Some(dual_stack) = flag("AWS_USE_DUALSTACK_ENDPOINT") {
+        sdk = sdk.use_dual_stack(dual_stack);
+    }
+    Ok(sdk.build())
 }
 
 pub fn build_handler(config: &Config, sdk: &SdkConfig) -> Result<Handler, InitError> {
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), &config.table);
-    let http = http_client()?;
-    let github = GitHubClient::new(http.clone(), &config.github_api_url, &config.github_token, RetryPolicy::default())?;
+    let mut dynamodb = aws_sdk_dynamodb::config::Builder::from(sdk);
+    if !config.extra_ca_certs.is_empty() {
+        dynamodb = dynamodb.http_client(aws_https_client(&config.extra_ca_certs)?);
+    }
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(dynamodb.build()), &config.table);
+    let http = http_client_trusting(&config.extra_ca_certs)?;
+    let auth = Arc::new(GitHubAuth::new(config.github_auth.clone(), Arc::new(SystemClock)));
+    let github = GitHubClient::with_auth(http.clone(), &config.github_api_url, auth, RetryPolicy::default());
     let deployer = HookDeployer::new(
         http,
         config.deploy_targets.clone(),
@@ -72,6 +115,11 @@ pub fn build_handler(config: &Config, sdk: &SdkConfig) -> Result<Handler, InitEr
     settings.run_timeout = config.deploy_timeout;
     settings.run_timeouts = config.deploy_timeouts.clone();
     settings.public_url = config.public_url.clone();
+    settings.redelivery_max_attempts = config.redelivery_max_attempts;
+    settings.redelivery_hooks = config.redeliver_hooks.clone();
+    if matches!(config.github_auth, crate::github::auth::AuthConfig::App(_)) {
+        settings.redelivery_hooks.insert(0, crate::domain::ports::HookRef::App);
+    }
     let service = Service::new(store, github, deployer, settings);
     Ok(WebhookHandler::new(service, config.webhook_secrets.clone(), config.delivery_budget))
 }
@@ -93,7 +141,7 @@ mod tests {
             .region(aws_config::Region::new("us-east-1"))
             .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("a", "b", None, None, "test"))
             .endpoint_url(endpoint)
-            .http_client(aws_https_client().unwrap())
+            .http_client(aws_https_client(&ExtraCaCerts::default()).unwrap())
             .build();
         let result = aws_sdk_dynamodb::Client::from_conf(config).list_tables().send().await;
         assert!(result.is_err());

@@ -8,7 +8,10 @@ use reqwest::Url;
 use secrecy::SecretString;
 
 use crate::deploy::hook::DeployTargets;
+use crate::domain::ports::HookRef;
 use crate::domain::rules::{DeployRules, RulesError};
+use crate::github::auth::{AppCredentials, AuthConfig, BadAppKey};
+use crate::github::client::ExtraCaCerts;
 use crate::http::signature::WebhookSecrets;
 
 pub const DEFAULT_GITHUB_API_URL: &str = "https://api.github.com";
@@ -16,7 +19,13 @@ pub const DEFAULT_GITHUB_API_URL: &str = "https://api.github.com";
 #[derive(Debug)]
 pub struct Config {
     pub webhook_secrets: WebhookSecrets,
-    pub github_token: SecretString,
+    /// `GITHUB_TOKEN`, or `GITHUB_APP_ID` + `GITHUB_APP_PRIVATE_KEY`: exactly one of the two.
+    pub github_auth: AuthConfig,
+    /// `REDELIVER_HOOKS` (token mode): repository webhooks whose failed deliveries the sweep
+    /// redelivers. In App mode the App's own webhook is always covered.
+    pub redeliver_hooks: Vec<HookRef>,
+    /// `REDELIVERY_MAX_ATTEMPTS`: redeliveries per delivery before giving up.
+    pub redelivery_max_attempts: u32,
     pub github_api_url: String,
     pub table: String,
     pub rules: DeployRules,
@@ -30,6 +39,8 @@ pub struct Config {
     pub deploy_timeouts: HashMap<String, Duration>,
     /// `PUBLIC_URL`: the base of callback URLs, for a custom domain.
     pub public_url: Option<String>,
+    /// `EXTRA_CA_CERTS_FILE`: CA certificates trusted besides the compiled-in web PKI roots.
+    pub extra_ca_certs: ExtraCaCerts,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +57,22 @@ pub enum ConfigError {
     BadMillis { name: &'static str, value: String, min: u64, max: u64 },
     #[error("{0} holds characters not allowed in an HTTP header")]
     BadToken(&'static str),
+    #[error("no GitHub credentials: set GITHUB_TOKEN, or GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY")]
+    NoAuth,
+    #[error("set either GITHUB_TOKEN or GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY, not both")]
+    TwoAuths,
+    #[error("GITHUB_APP_ID must be the App's numeric id, got {0:?}")]
+    BadAppId(String),
+    #[error(transparent)]
+    BadAppKey(#[from] BadAppKey),
+    #[error("REDELIVER_HOOKS entries are owner/repo#hook_id, got {0:?}")]
+    BadHook(String),
+    #[error("REDELIVERY_MAX_ATTEMPTS must be a whole number from 1 to 20, got {0:?}")]
+    BadAttempts(String),
     #[error("{name} must be a number of minutes between 0.05 and 1440, got {value:?}")]
     BadMinutes { name: String, value: String },
+    #[error("EXTRA_CA_CERTS_FILE ({path:?}): {reason}")]
+    BadCaBundle { path: String, reason: String },
 }
 
 impl Config {
@@ -64,10 +89,42 @@ impl Config {
         let webhook_secrets =
             WebhookSecrets::from_list(secrets_raw).ok_or(ConfigError::EmptySecrets("GITHUB_WEBHOOK_SECRET"))?;
 
-        let token = get("GITHUB_TOKEN").ok_or(ConfigError::Missing("GITHUB_TOKEN"))?;
-        if token.chars().any(|c| !c.is_ascii_graphic()) {
-            return Err(ConfigError::BadToken("GITHUB_TOKEN"));
-        }
+        let github_auth = match (get("GITHUB_TOKEN"), get("GITHUB_APP_ID"), get("GITHUB_APP_PRIVATE_KEY")) {
+            (Some(token), None, None) => {
+                if token.chars().any(|c| !c.is_ascii_graphic()) {
+                    return Err(ConfigError::BadToken("GITHUB_TOKEN"));
+                }
+                AuthConfig::Token(SecretString::from(token.to_owned()))
+            }
+            (None, Some(id), Some(_)) => {
+                let app_id =
+                    id.parse::<u64>().ok().filter(|id| *id > 0).ok_or_else(|| ConfigError::BadAppId(id.to_owned()))?;
+                // The PEM keeps its line breaks: read it untrimmed from `vars`.
+                let pem = SecretString::from(vars.get("GITHUB_APP_PRIVATE_KEY").cloned().unwrap_or_default());
+                AuthConfig::App(AppCredentials::new(app_id, &pem)?)
+            }
+            (None, None, None) => return Err(ConfigError::NoAuth),
+            (None, Some(_), None) => return Err(ConfigError::Missing("GITHUB_APP_PRIVATE_KEY")),
+            (None, None, Some(_)) => return Err(ConfigError::Missing("GITHUB_APP_ID")),
+            (Some(_), _, _) => return Err(ConfigError::TwoAuths),
+        };
+        let redeliver_hooks = match get("REDELIVER_HOOKS") {
+            Some(raw) => raw
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(|h| HookRef::parse(h).ok_or_else(|| ConfigError::BadHook(h.to_owned())))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
+        let redelivery_max_attempts = match get("REDELIVERY_MAX_ATTEMPTS") {
+            Some(raw) => raw
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=20).contains(n))
+                .ok_or_else(|| ConfigError::BadAttempts(raw.to_owned()))?,
+            None => 5,
+        };
 
         let github_api_url = match get("GITHUB_API_URL") {
             Some(url) => http_url("GITHUB_API_URL", url)?.trim_end_matches('/').to_owned(),
@@ -112,9 +169,16 @@ impl Config {
             None => None,
         };
 
+        let extra_ca_certs = match get("EXTRA_CA_CERTS_FILE") {
+            Some(path) => extra_ca_certs(path)?,
+            None => ExtraCaCerts::default(),
+        };
+
         Ok(Self {
             webhook_secrets,
-            github_token: SecretString::from(token.to_owned()),
+            github_auth,
+            redeliver_hooks,
+            redelivery_max_attempts,
             github_api_url,
             table,
             rules,
@@ -124,8 +188,16 @@ impl Config {
             deploy_timeout,
             deploy_timeouts,
             public_url,
+            extra_ca_certs,
         })
     }
+}
+
+/// A PEM bundle read once at init (a file in the package, `/var/task/…`, or a layer, `/opt/…`).
+fn extra_ca_certs(path: &str) -> Result<ExtraCaCerts, ConfigError> {
+    let bad = |reason: String| ConfigError::BadCaBundle { path: path.to_owned(), reason };
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot be read: {e}")))?;
+    ExtraCaCerts::from_pem(&pem).map_err(bad)
 }
 
 fn http_url(name: &str, value: &str) -> Result<String, ConfigError> {
@@ -170,10 +242,42 @@ mod tests {
         let c = Config::from_vars(vars(MINIMAL)).unwrap();
         assert_eq!(c.github_api_url, "https://api.github.com");
         assert_eq!(c.rules, DeployRules::default());
-        assert_eq!(c.github_token.expose_secret(), "ghp_x");
+        assert!(matches!(&c.github_auth, AuthConfig::Token(t) if t.expose_secret() == "ghp_x"));
+        assert_eq!(c.redelivery_max_attempts, 5);
+        assert!(c.redeliver_hooks.is_empty());
         assert_eq!(c.delivery_budget, Duration::from_millis(8000));
         assert_eq!(c.deploy_timeout, Duration::from_secs(1800));
         assert_eq!(c.public_url, None);
+    }
+
+    #[test]
+    fn exactly_one_way_to_authenticate() {
+        let base: Vec<_> = vars(MINIMAL).into_iter().filter(|(k, _)| k != "GITHUB_TOKEN").collect();
+        let with = |extra: &[(&str, &str)]| {
+            let mut v = base.clone();
+            v.extend(vars(extra));
+            Config::from_vars(v).map(|c| c.github_auth)
+        };
+        let err = |extra: &[(&str, &str)]| with(extra).unwrap_err().to_string();
+        assert!(err(&[]).contains("GITHUB_TOKEN") && err(&[]).contains("GITHUB_APP_ID"));
+        assert!(err(&[("GITHUB_APP_ID", "12")]).contains("GITHUB_APP_PRIVATE_KEY"));
+        assert!(err(&[("GITHUB_APP_PRIVATE_KEY", "x")]).contains("GITHUB_APP_ID"));
+        assert!(
+            err(&[("GITHUB_APP_ID", "12"), ("GITHUB_APP_PRIVATE_KEY", "not a key")]).contains("GITHUB_APP_PRIVATE_KEY")
+        );
+        assert!(err(&[("GITHUB_APP_ID", "twelve"), ("GITHUB_APP_PRIVATE_KEY", "x")]).contains("GITHUB_APP_ID"));
+        assert!(
+            err(&[("GITHUB_TOKEN", "t"), ("GITHUB_APP_ID", "12"), ("GITHUB_APP_PRIVATE_KEY", "x")])
+                .contains("not both")
+        );
+        let ok = vars(MINIMAL);
+        let hooks = |raw: &str| {
+            let mut v = ok.clone();
+            v.push(("REDELIVER_HOOKS".into(), raw.into()));
+            Config::from_vars(v)
+        };
+        assert_eq!(hooks("octo/app#12, octo/web#13").unwrap().redeliver_hooks.len(), 2);
+        assert!(hooks("octo/app").unwrap_err().to_string().contains("REDELIVER_HOOKS"));
     }
 
     #[test]

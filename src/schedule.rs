@@ -72,8 +72,21 @@ pub async fn sweep<S: Store, G: GitHub, D: DeployAction, C: Clock>(
 ) -> Value {
     match handler.sweep(budget).await {
         Ok(report) => {
-            info!(due = report.due, healed = report.healed, failed = report.failed, "sweep done");
-            json!({ "status": "swept", "due": report.due, "healed": report.healed, "failed": report.failed })
+            let r = &report.redelivery;
+            info!(
+                due = report.due,
+                healed = report.healed,
+                failed = report.failed,
+                deliveries_seen = r.seen,
+                redelivered = r.redelivered,
+                settled = r.settled,
+                gave_up = r.gave_up,
+                "sweep done"
+            );
+            json!({
+                "status": "swept", "due": report.due, "healed": report.healed, "failed": report.failed,
+                "redelivery": { "seen": r.seen, "redelivered": r.redelivered, "settled": r.settled, "gave_up": r.gave_up },
+            })
         }
         Err(err) => {
             error!(error = %err, "the sweep could not run; the next one tries again");

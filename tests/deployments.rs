@@ -4,7 +4,6 @@
 
 mod common;
 
-
 use common::*;
 use serde_json::{Value, json};
 use wiremock::matchers::{body_json, body_partial_json, header, method, path};

@@ -19,6 +19,16 @@ pub enum WebhookEvent {
 }
 
 impl WebhookEvent {
+    /// The repository and GitHub App installation a delivery came from, when it names one.
+    pub fn installation(&self) -> Option<(&RepoFullName, u64)> {
+        match self {
+            Self::PullRequestMerged(e) => e.installation.map(|i| (&e.repo, i)),
+            Self::DeploymentCreated(e) => e.installation.map(|i| (&e.repo, i)),
+            Self::DeploymentStatus(e) => e.installation.map(|i| (&e.repo, i)),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Ping { .. } => "ping",
@@ -46,6 +56,8 @@ pub struct MergedPullRequest {
     /// `merged_at` (RFC 3339): orders merges, so that an old one delivered late never deploys
     /// over a later one.
     pub merged_at: Option<String>,
+    /// `installation.id`, in deliveries to a GitHub App.
+    pub installation: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -61,6 +73,7 @@ pub struct DeploymentCreated {
     pub created_at: Option<String>,
     /// The deployment's `payload` as GitHub sent it (an object, or a string for old clients).
     pub payload: Value,
+    pub installation: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -69,6 +82,7 @@ pub struct DeploymentStatusEvent {
     pub deployment_id: DeploymentId,
     pub environment: Option<Environment>,
     pub status: StatusRecord,
+    pub installation: Option<u64>,
 }
 
 /// One deployment status as it is stored: what GitHub says about a deployment at a time.

@@ -5,6 +5,7 @@ pub mod creation;
 pub mod deadline;
 pub mod event;
 pub mod ports;
+pub mod redelivery;
 pub mod rules;
 pub mod runner;
 pub mod runs;

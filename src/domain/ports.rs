@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::deadline::Deadline;
 use super::event::StatusRecord;
+use super::redelivery::RedeliveryState;
 use super::runs::{DeploymentToRun, EnvironmentState, RunResult};
 use super::types::{DeliveryId, DeploymentId, DeploymentState, Environment, RepoFullName, Sha};
 
@@ -75,10 +76,10 @@ pub struct EnvKey {
     pub environment: Environment,
 }
 
-/// An environment's state with the version it was read at (0: never written).
+/// A state document with the version it was read at (0: never written).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Versioned {
-    pub state: EnvironmentState,
+pub struct Versioned<T = EnvironmentState> {
+    pub state: T,
     pub version: u64,
 }
 
@@ -139,6 +140,63 @@ pub trait Store: Send + Sync {
         now_ms: u64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<(EnvKey, Versioned)>, StoreError>> + Send;
+
+    /// What the redelivery sweep knows of one webhook's deliveries.
+    fn load_redelivery(
+        &self,
+        hook: &HookRef,
+    ) -> impl Future<Output = Result<Versioned<RedeliveryState>, StoreError>> + Send;
+
+    /// Writes it if the stored version is still `expected` (see [`Store::save_environment`]).
+    fn save_redelivery(
+        &self,
+        hook: &HookRef,
+        state: &RedeliveryState,
+        expected: u64,
+    ) -> impl Future<Output = Result<Result<u64, Versioned<RedeliveryState>>, StoreError>> + Send;
+}
+
+/// A webhook whose deliveries GitHub lists: the App's, or a repository's (`owner/repo#id`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HookRef {
+    App,
+    Repo { repo: RepoFullName, hook_id: u64 },
+}
+
+impl HookRef {
+    pub fn parse(raw: &str) -> Option<Self> {
+        let (repo, id) = raw.trim().split_once('#')?;
+        Some(Self::Repo { repo: RepoFullName::parse(repo).ok()?, hook_id: id.parse().ok()? })
+    }
+
+    /// The store's key for it.
+    pub fn key(&self) -> String {
+        match self {
+            Self::App => "app".to_owned(),
+            Self::Repo { repo, hook_id } => format!("{}#{hook_id}", repo.key()),
+        }
+    }
+}
+
+impl std::fmt::Display for HookRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::App => f.write_str("the App's webhook"),
+            Self::Repo { repo, hook_id } => write!(f, "{repo}#{hook_id}"),
+        }
+    }
+}
+
+/// One attempt of one webhook delivery, as GitHub lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookDelivery {
+    pub id: u64,
+    pub guid: String,
+    /// RFC 3339.
+    pub delivered_at: String,
+    /// The answer's status; 0 when there was none (a timeout).
+    pub status_code: u16,
+    pub event: String,
 }
 
 // ---------------------------------------------------------------- GitHub
@@ -206,6 +264,25 @@ pub trait GitHub: Send + Sync {
         id: DeploymentId,
         deadline: Deadline,
     ) -> impl Future<Output = Result<Vec<StatusRecord>, GitHubError>> + Send;
+
+    /// A delivery named the GitHub App installation of `repo`: later calls for it use it.
+    fn remember_installation(&self, _repo: &RepoFullName, _installation: u64) {}
+
+    /// The attempts delivered to `hook` since `since` (RFC 3339), newest first.
+    fn list_hook_deliveries(
+        &self,
+        hook: &HookRef,
+        since: &str,
+        deadline: Deadline,
+    ) -> impl Future<Output = Result<Vec<HookDelivery>, GitHubError>> + Send;
+
+    /// Asks GitHub to deliver attempt `id` again.
+    fn redeliver(
+        &self,
+        hook: &HookRef,
+        id: u64,
+        deadline: Deadline,
+    ) -> impl Future<Output = Result<(), GitHubError>> + Send;
 }
 
 // ---------------------------------------------------------------- deploy action

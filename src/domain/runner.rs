@@ -41,9 +41,12 @@ const STEP_RESERVE: Duration = Duration::from_millis(700);
 /// What one sweep saw and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SweepReport {
+    /// Environments with something due.
     pub due: usize,
     pub healed: usize,
     pub failed: usize,
+    /// Failed webhook deliveries asked again of GitHub.
+    pub redelivery: super::redelivery::RedeliveryReport,
 }
 
 impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
@@ -124,9 +127,11 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
     /// The scheduled sweep: times out overdue runs, restarts work whose start failed, and
     /// takes over work whose holder died. Reads only the environments that are due.
     pub async fn sweep(&self, deadline: Deadline) -> Result<SweepReport, ServiceError> {
+        // Deliveries first: a recovered merge or deployment may start a run this same sweep.
+        let redelivery = self.redeliver_failed(deadline).await;
         let now = self.clock.now_ms();
         let due = self.store.due_environments(now, 50).await?;
-        let mut report = SweepReport { due: due.len(), ..Default::default() };
+        let mut report = SweepReport { due: due.len(), redelivery, ..Default::default() };
         for (key, current) in due {
             if deadline.remaining() < HOOK_RESERVE + STEP_RESERVE {
                 warn!("the sweep ran out of time; the next one goes on");

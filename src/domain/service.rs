@@ -32,6 +32,9 @@ pub struct ServiceSettings {
     pub retry_after: Duration,
     /// `PUBLIC_URL`: the base of callback URLs when the API sits behind a custom domain.
     pub public_url: Option<String>,
+    /// Webhooks whose failed deliveries the sweep redelivers (the App's; `REDELIVER_HOOKS`).
+    pub redelivery_hooks: Vec<super::ports::HookRef>,
+    pub redelivery_max_attempts: u32,
 }
 
 impl ServiceSettings {
@@ -45,6 +48,8 @@ impl ServiceSettings {
             run_timeouts: Default::default(),
             retry_after: Duration::from_secs(30),
             public_url: None,
+            redelivery_hooks: Vec::new(),
+            redelivery_max_attempts: 5,
         }
     }
 
@@ -204,6 +209,9 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
     }
 
     pub async fn handle(&self, delivery: Delivery, deadline: Deadline) -> Result<Outcome, ServiceError> {
+        if let Some((repo, installation)) = delivery.event.installation() {
+            self.github.remember_installation(repo, installation);
+        }
         match delivery.event {
             WebhookEvent::Ping { .. } => Ok(Outcome::Pong),
             WebhookEvent::Ignored { reason } => Ok(Outcome::Ignored { reason }),

@@ -9,17 +9,26 @@
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue};
 use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, TrustAnchor};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
-use crate::domain::ports::{CreationRecord, GitHub, GitHubError, NewDeployment, NewStatus};
+use crate::domain::ports::{
+    CreationRecord, GitHub, GitHubError, HookDelivery, HookRef, NewDeployment, NewStatus, SystemClock,
+};
 use crate::domain::types::{DeploymentId, Environment, RepoFullName, Sha};
 use crate::domain::{Deadline, StatusRecord};
 use crate::github::WireStatus;
+use crate::github::auth::{AuthConfig, GitHubAuth};
 
 pub const API_VERSION: &str = "2022-11-28";
 
@@ -43,18 +52,82 @@ impl Default for RetryPolicy {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct GitHubClient {
     http: Client,
     headers: HeaderMap,
     base_url: String,
     retry: RetryPolicy,
+    auth: Arc<GitHubAuth>,
 }
 
-/// The one HTTP client of the process, shared by the GitHub client and the deploy hook: loading
-/// the TLS trust store is the costliest part of a cold start, so it is done once.
+impl std::fmt::Debug for GitHubClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitHubClient").field("base_url", &self.base_url).finish_non_exhaustive()
+    }
+}
+
+/// CA certificates trusted in addition to the compiled-in web PKI roots (`EXTRA_CA_CERTS_FILE`):
+/// for a GitHub Enterprise Server or a deploy hook behind a private CA. Parsed and checked once,
+/// at init; empty by default.
+#[derive(Clone, Debug, Default)]
+pub struct ExtraCaCerts {
+    pem: Vec<u8>,
+    anchors: Vec<TrustAnchor<'static>>,
+}
+
+impl ExtraCaCerts {
+    /// A PEM bundle of one or more CA certificates; an error says what is wrong with it.
+    pub fn from_pem(pem: &[u8]) -> Result<Self, String> {
+        let certs = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("not a PEM certificate bundle ({e})"))?;
+        if certs.is_empty() {
+            return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into());
+        }
+        let mut store = RootCertStore::empty();
+        for (n, cert) in certs.into_iter().enumerate() {
+            store.add(cert).map_err(|e| format!("certificate {} is not a usable CA certificate ({e})", n + 1))?;
+        }
+        Ok(Self { pem: pem.to_vec(), anchors: store.roots })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.anchors.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.anchors.len()
+    }
+
+    /// The bundle as given (for the AWS SDK's client, which takes PEM).
+    pub fn pem(&self) -> &[u8] {
+        &self.pem
+    }
+}
+
+/// The one HTTP client of the process, shared by the GitHub client and the deploy hook, trusting
+/// the compiled-in web PKI roots only.
 pub fn http_client() -> Result<Client, ClientBuildError> {
+    http_client_trusting(&ExtraCaCerts::default())
+}
+
+/// [`http_client`], also trusting `extra`. The roots are compiled in (`webpki-roots`, Mozilla's
+/// list, as trust anchors that need no parsing): reqwest's default, the platform verifier, reads
+/// and parses the whole system trust store at every cold start, which was most of our init.
+pub fn http_client_trusting(extra: &ExtraCaCerts) -> Result<Client, ClientBuildError> {
+    let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    roots.roots.extend(extra.anchors.iter().cloned());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientBuildError(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // reqwest is built without HTTP/2: offer what it speaks.
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Client::builder()
+        .tls_backend_preconfigured(tls)
         .user_agent(concat!("deploy-webhook/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(2))
         .pool_idle_timeout(Duration::from_secs(50))
@@ -67,32 +140,83 @@ pub fn http_client() -> Result<Client, ClientBuildError> {
 pub struct ClientBuildError(String);
 
 impl GitHubClient {
+    /// A client authenticating with one token (`GITHUB_TOKEN`).
     pub fn new(
         http: Client,
         base_url: &str,
         token: &SecretString,
         retry: RetryPolicy,
     ) -> Result<Self, ClientBuildError> {
+        HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
+            .map_err(|_| ClientBuildError("GITHUB_TOKEN holds characters not allowed in a header".into()))?;
+        let auth = GitHubAuth::new(AuthConfig::Token(token.clone()), Arc::new(SystemClock));
+        Ok(Self::with_auth(http, base_url, Arc::new(auth), retry))
+    }
+
+    /// A client authenticating as configured (a token, or a GitHub App).
+    pub fn with_auth(http: Client, base_url: &str, auth: Arc<GitHubAuth>, retry: RetryPolicy) -> Self {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("application/vnd.github+json"));
         headers.insert("X-GitHub-Api-Version", HeaderValue::from_static(API_VERSION));
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
-            .map_err(|_| ClientBuildError("GITHUB_TOKEN holds characters not allowed in a header".into()))?;
-        // Keeps the token out of any Debug output of requests or headers.
-        auth.set_sensitive(true);
-        headers.insert(AUTHORIZATION, auth);
-        Ok(Self { http, headers, base_url: base_url.trim_end_matches('/').to_owned(), retry })
+        Self { http, headers, base_url: base_url.trim_end_matches('/').to_owned(), retry, auth }
+    }
+
+    pub fn auth(&self) -> &GitHubAuth {
+        &self.auth
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{}", self.base_url, path)
     }
 
-    fn request(&self, method: Method, path: &str, deadline: &Deadline) -> RequestBuilder {
+    /// A request on `repo`, with the token for it (an App's installation token is bought or
+    /// taken from the cache here). Authorization headers are marked sensitive, so no Debug
+    /// output of a request shows them.
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        repo: &RepoFullName,
+        deadline: &Deadline,
+    ) -> Result<RequestBuilder, GitHubError> {
+        let auth = self.auth.header_for(&self.http, &self.base_url, repo, deadline).await?;
+        Ok(self.unauthenticated(method, path, deadline).header(AUTHORIZATION, auth))
+    }
+
+    /// A request on the App's own endpoints, with the App's JWT (or the token in token mode).
+    pub(crate) fn app_request(
+        &self,
+        method: Method,
+        path: &str,
+        deadline: &Deadline,
+    ) -> Result<RequestBuilder, GitHubError> {
+        Ok(self.unauthenticated(method, path, deadline).header(AUTHORIZATION, self.auth.app_header()?))
+    }
+
+    fn unauthenticated(&self, method: Method, path: &str, deadline: &Deadline) -> RequestBuilder {
         self.http
             .request(method, self.url(path))
             .headers(self.headers.clone())
             .timeout(deadline.cap(self.retry.attempt_timeout))
+    }
+
+    /// Like [`failure`], but a 401 in App mode drops the cached installation token and retries
+    /// once with a fresh one (a token revoked or expired early).
+    async fn failure_on<T>(
+        &self,
+        resp: Response,
+        repo: &RepoFullName,
+        refreshed: &AtomicBool,
+    ) -> Result<Step<T>, GitHubError> {
+        if resp.status() == StatusCode::UNAUTHORIZED && self.auth.is_app() && !refreshed.swap(true, Ordering::SeqCst) {
+            self.auth.forget_token(repo);
+            return Ok(Step::Retry {
+                reason: "the installation token was refused".to_owned(),
+                after: Some(Duration::ZERO),
+                ambiguous: false,
+            });
+        }
+        failure(resp).await
     }
 
     /// Runs `attempt` until it is done, fails for good, or the attempts or budget run out.
@@ -252,7 +376,123 @@ fn payload_marker(payload: &Value) -> Option<String> {
     object.pointer("/deploy_webhook/marker").and_then(Value::as_str).map(str::to_owned)
 }
 
+#[derive(Deserialize)]
+struct WireHookDelivery {
+    id: u64,
+    guid: String,
+    delivered_at: String,
+    #[serde(default)]
+    status_code: u16,
+    #[serde(default)]
+    event: String,
+}
+
+/// The `cursor` of the `rel="next"` page in a `Link` header.
+fn next_cursor(headers: &HeaderMap) -> Option<String> {
+    let link = headers.get("link")?.to_str().ok()?;
+    let next = link.split(',').find(|part| part.contains("rel=\"next\""))?;
+    let url = next.split(';').next()?.trim().trim_start_matches('<').trim_end_matches('>');
+    let query = url.split_once('?')?.1;
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "cursor").map(|(_, v)| v.into_owned())
+}
+
+/// At most this many pages (of 100) per listing and sweep; the watermark makes the next go on.
+const MAX_DELIVERY_PAGES: usize = 10;
+
+impl GitHubClient {
+    fn hook_path(hook: &HookRef) -> String {
+        match hook {
+            HookRef::App => "/app/hook/deliveries".to_owned(),
+            HookRef::Repo { repo, hook_id } => format!("/repos/{repo}/hooks/{hook_id}/deliveries"),
+        }
+    }
+
+    async fn hook_request(
+        &self,
+        method: Method,
+        hook: &HookRef,
+        path: &str,
+        deadline: &Deadline,
+    ) -> Result<RequestBuilder, GitHubError> {
+        match hook {
+            HookRef::App => self.app_request(method, path, deadline),
+            HookRef::Repo { repo, .. } => self.request(method, path, repo, deadline).await,
+        }
+    }
+}
+
 impl GitHub for GitHubClient {
+    fn remember_installation(&self, repo: &RepoFullName, installation: u64) {
+        self.auth.remember_installation(repo, installation);
+    }
+
+    async fn list_hook_deliveries(
+        &self,
+        hook: &HookRef,
+        since: &str,
+        deadline: Deadline,
+    ) -> Result<Vec<HookDelivery>, GitHubError> {
+        let path = Self::hook_path(hook);
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_DELIVERY_PAGES {
+            let page = self
+                .with_retries("list webhook deliveries", deadline, |_| {
+                    let (path, cursor) = (&path, &cursor);
+                    async move {
+                        let mut query = vec![("per_page", "100".to_owned())];
+                        if let Some(c) = cursor {
+                            query.push(("cursor", c.clone()));
+                        }
+                        let request = self.hook_request(Method::GET, hook, path, &deadline).await?;
+                        let resp = match request.query(&query).send().await {
+                            Ok(resp) => resp,
+                            Err(err) => return Ok(transport_failure(err)),
+                        };
+                        if resp.status() != StatusCode::OK {
+                            return failure(resp).await;
+                        }
+                        let next = next_cursor(resp.headers());
+                        let list: Vec<WireHookDelivery> = read_json(resp).await?;
+                        Ok(Step::Done((list, next)))
+                    }
+                })
+                .await?;
+            let (list, next) = page;
+            let reached_since = list.iter().any(|d| d.delivered_at.as_str() < since);
+            all.extend(list.into_iter().filter(|d| d.delivered_at.as_str() >= since).map(|d| HookDelivery {
+                id: d.id,
+                guid: d.guid,
+                delivered_at: d.delivered_at,
+                status_code: d.status_code,
+                event: d.event,
+            }));
+            match next {
+                Some(next) if !reached_since => cursor = Some(next),
+                _ => break,
+            }
+        }
+        Ok(all)
+    }
+
+    async fn redeliver(&self, hook: &HookRef, id: u64, deadline: Deadline) -> Result<(), GitHubError> {
+        let path = format!("{}/{id}/attempts", Self::hook_path(hook));
+        self.with_retries("redeliver", deadline, |_| {
+            let path = &path;
+            async move {
+                let resp = match self.hook_request(Method::POST, hook, path, &deadline).await?.send().await {
+                    Ok(resp) => resp,
+                    Err(err) => return Ok(transport_failure(err)),
+                };
+                if resp.status().is_success() {
+                    return Ok(Step::Done(()));
+                }
+                failure(resp).await
+            }
+        })
+        .await
+    }
+
     async fn create_deployment(
         &self,
         repo: &RepoFullName,
@@ -270,8 +510,9 @@ impl GitHub for GitHubClient {
             "payload": request.payload,
         });
         let marker = payload_marker(&request.payload);
+        let refreshed = AtomicBool::new(false);
         self.with_retries("create deployment", deadline, |maybe_applied| {
-            let (path, body, marker) = (&path, &body, &marker);
+            let (path, body, marker, refreshed) = (&path, &body, &marker, &refreshed);
             async move {
                 if maybe_applied {
                     if let Some(marker) = marker {
@@ -282,7 +523,7 @@ impl GitHub for GitHubClient {
                         }
                     }
                 }
-                let resp = match self.request(Method::POST, path, &deadline).json(body).send().await {
+                let resp = match self.request(Method::POST, path, repo, &deadline).await?.json(body).send().await {
                     Ok(resp) => resp,
                     Err(err) => return Ok(transport_failure(err)),
                 };
@@ -296,7 +537,7 @@ impl GitHub for GitHubClient {
                         let message = github_message(resp).await;
                         Ok(Step::Done(CreationRecord::Rejected { status: status.as_u16(), message }))
                     }
-                    _ => failure(resp).await,
+                    _ => self.failure_on(resp, repo, refreshed).await,
                 }
             }
         })
@@ -313,15 +554,16 @@ impl GitHub for GitHubClient {
     ) -> Result<Option<DeploymentId>, GitHubError> {
         let path = format!("/repos/{repo}/deployments");
         let query = [("sha", sha.as_str()), ("environment", environment.as_str()), ("per_page", "100")];
+        let refreshed = AtomicBool::new(false);
         self.with_retries("list deployments", deadline, |_| {
-            let (path, query) = (&path, &query);
+            let (path, query, refreshed) = (&path, &query, &refreshed);
             async move {
-                let resp = match self.request(Method::GET, path, &deadline).query(query).send().await {
+                let resp = match self.request(Method::GET, path, repo, &deadline).await?.query(query).send().await {
                     Ok(resp) => resp,
                     Err(err) => return Ok(transport_failure(err)),
                 };
                 if resp.status() != StatusCode::OK {
-                    return failure(resp).await;
+                    return self.failure_on(resp, repo, refreshed).await;
                 }
                 let list: Vec<DeploymentBody> = read_json(resp).await?;
                 let found = list.into_iter().find(|d| payload_marker(&d.payload).as_deref() == Some(marker));
@@ -346,8 +588,9 @@ impl GitHub for GitHubClient {
         if let Some(url) = &status.environment_url {
             body["environment_url"] = json!(url);
         }
+        let refreshed = AtomicBool::new(false);
         self.with_retries("create deployment status", deadline, |maybe_applied| {
-            let (path, body) = (&path, &body);
+            let (path, body, refreshed) = (&path, &body, &refreshed);
             async move {
                 if maybe_applied {
                     // A status of this state may have been created by the try whose answer we lost.
@@ -356,12 +599,12 @@ impl GitHub for GitHubClient {
                         return Ok(Step::Done(found));
                     }
                 }
-                let resp = match self.request(Method::POST, path, &deadline).json(body).send().await {
+                let resp = match self.request(Method::POST, path, repo, &deadline).await?.json(body).send().await {
                     Ok(resp) => resp,
                     Err(err) => return Ok(transport_failure(err)),
                 };
                 if resp.status() != StatusCode::CREATED {
-                    return failure(resp).await;
+                    return self.failure_on(resp, repo, refreshed).await;
                 }
                 let created: WireStatus = read_json(resp).await?;
                 Ok(Step::Done(into_record(created)?))
@@ -377,15 +620,17 @@ impl GitHub for GitHubClient {
         deadline: Deadline,
     ) -> Result<Vec<StatusRecord>, GitHubError> {
         let path = format!("/repos/{repo}/deployments/{id}/statuses");
+        let refreshed = AtomicBool::new(false);
         self.with_retries("list deployment statuses", deadline, |_| {
-            let path = &path;
+            let (path, refreshed) = (&path, &refreshed);
             async move {
-                let resp = match self.request(Method::GET, path, &deadline).query(&[("per_page", "100")]).send().await {
+                let request = self.request(Method::GET, path, repo, &deadline).await?;
+                let resp = match request.query(&[("per_page", "100")]).send().await {
                     Ok(resp) => resp,
                     Err(err) => return Ok(transport_failure(err)),
                 };
                 if resp.status() != StatusCode::OK {
-                    return failure(resp).await;
+                    return self.failure_on(resp, repo, refreshed).await;
                 }
                 let list: Vec<WireStatus> = read_json(resp).await?;
                 Ok(Step::Done(list.into_iter().map(into_record).collect::<Result<_, _>>()?))
@@ -415,6 +660,19 @@ mod tests {
 
         // A plain 403 (no permission) is not a rate limit.
         assert_eq!(rate_limit_wait(StatusCode::FORBIDDEN, &HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn follows_the_next_cursor_of_a_link_header() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "link",
+            HeaderValue::from_static(
+                "<https://api.github.com/app/hook/deliveries?per_page=100&cursor=v1_12%3D>; rel=\"next\", <https://x>; rel=\"first\"",
+            ),
+        );
+        assert_eq!(next_cursor(&h).as_deref(), Some("v1_12="));
+        assert_eq!(next_cursor(&HeaderMap::new()), None);
     }
 
     #[test]

@@ -24,10 +24,16 @@ struct Repository {
 }
 
 #[derive(Deserialize)]
+struct Installation {
+    id: u64,
+}
+
+#[derive(Deserialize)]
 struct PullRequestEvent {
     action: String,
     pull_request: PullRequest,
     repository: Repository,
+    installation: Option<Installation>,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +63,7 @@ struct DeploymentEvent {
     action: String,
     deployment: Deployment,
     repository: Repository,
+    installation: Option<Installation>,
 }
 
 #[derive(Deserialize)]
@@ -80,6 +87,7 @@ struct DeploymentStatusPayload {
     deployment_status: WireStatus,
     deployment: DeploymentRef,
     repository: Repository,
+    installation: Option<Installation>,
 }
 
 #[derive(Deserialize)]
@@ -144,6 +152,7 @@ fn pull_request(e: PullRequestEvent) -> Result<WebhookEvent, InvalidValue> {
         base_branch: BranchName::parse(&e.pull_request.base.git_ref)?,
         merge_sha,
         merged_at: e.pull_request.merged_at,
+        installation: e.installation.map(|i| i.id),
     }))
 }
 
@@ -163,6 +172,7 @@ fn deployment(e: DeploymentEvent) -> Result<WebhookEvent, InvalidValue> {
         description: d.description,
         created_at: d.created_at,
         payload: d.payload,
+        installation: e.installation.map(|i| i.id),
     }))
 }
 
@@ -173,5 +183,6 @@ fn deployment_status(e: DeploymentStatusPayload) -> Result<WebhookEvent, Invalid
         deployment_id: DeploymentId(e.deployment.id),
         environment: status.environment.as_deref().map(Environment::parse).transpose()?,
         status: status.into_record()?,
+        installation: e.installation.map(|i| i.id),
     }))
 }

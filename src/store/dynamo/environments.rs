@@ -1,13 +1,17 @@
-//! Environment items: an environment's whole run state (lock, queue, recent runs) as one JSON
-//! document with a version. Every write is a `PutItem` conditioned on the version it was read
-//! at, so that the domain's state machine is the only thing that decides and two writers can
-//! never both win; a lost race returns the stored item, so retrying costs no extra read.
+//! Versioned documents: an environment's whole run state (lock, queue, recent runs), and the
+//! redelivery sweep's record of a webhook, each one JSON document with a version. Every write is
+//! a `PutItem` conditioned on the version it was read at, so the domain's state machine is the
+//! only thing that decides and two writers can never both win; a lost race returns the stored
+//! item, so retrying costs no extra read.
 
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
-use crate::domain::ports::{EnvKey, StoreError, Versioned};
+use crate::domain::ports::{EnvKey, HookRef, StoreError, Versioned};
+use crate::domain::redelivery::RedeliveryState;
 use crate::domain::runs::EnvironmentState;
 use crate::domain::types::{Environment, RepoFullName};
 
@@ -21,10 +25,14 @@ fn environment_key(key: &EnvKey) -> (String, String) {
     (format!("REPO#{}", key.repo.key()), format!("ENV#{}", key.environment))
 }
 
-fn versioned(item: &Item) -> Result<Versioned, StoreError> {
+fn redelivery_key(hook: &HookRef) -> (String, String) {
+    (format!("HOOK#{}", hook.key()), "REDELIVERY".to_owned())
+}
+
+fn versioned<T: DeserializeOwned>(item: &Item) -> Result<Versioned<T>, StoreError> {
     let version = get_n(item, "version").unwrap_or(0);
-    let doc = get_s(item, "doc").ok_or_else(|| corrupt("environment item without doc"))?;
-    let state = serde_json::from_str(doc).map_err(|e| corrupt(&format!("environment doc: {e}")))?;
+    let doc = get_s(item, "doc").ok_or_else(|| corrupt("versioned item without doc"))?;
+    let state = serde_json::from_str(doc).map_err(|e| corrupt(&format!("doc: {e}")))?;
     Ok(Versioned { state, version })
 }
 
@@ -38,22 +46,26 @@ fn env_key_of(item: &Item) -> Result<EnvKey, StoreError> {
 }
 
 impl DynamoStore {
-    pub(super) async fn load_env(&self, key: &EnvKey) -> Result<Versioned, StoreError> {
-        let (pk, sk) = environment_key(key);
+    async fn load_doc<T: DeserializeOwned + Default>(
+        &self,
+        pk: String,
+        sk: String,
+    ) -> Result<Versioned<T>, StoreError> {
         match self.get(pk, sk).await? {
             Some(item) => versioned(&item),
-            None => Ok(Versioned { state: EnvironmentState::default(), version: 0 }),
+            None => Ok(Versioned { state: T::default(), version: 0 }),
         }
     }
 
-    pub(super) async fn save_env(
+    /// Writes `doc` (and `attributes`) if the stored version is still `expected`.
+    async fn save_doc<T: Serialize + DeserializeOwned + Default>(
         &self,
-        key: &EnvKey,
-        state: &EnvironmentState,
+        (pk, sk): (String, String),
+        doc: &T,
+        attributes: Vec<(&'static str, AttributeValue)>,
         expected: u64,
-    ) -> Result<Result<u64, Versioned>, StoreError> {
-        let (pk, sk) = environment_key(key);
-        let doc = serde_json::to_string(state).map_err(|e| corrupt(&format!("environment doc: {e}")))?;
+    ) -> Result<Result<u64, Versioned<T>>, StoreError> {
+        let json = serde_json::to_string(doc).map_err(|e| corrupt(&format!("doc: {e}")))?;
         let version = expected + 1;
         let mut put = self
             .client
@@ -61,15 +73,12 @@ impl DynamoStore {
             .table_name(&self.table)
             .item("pk", s(pk))
             .item("sk", s(sk))
-            .item("kind", s("environment"))
-            .item("repository", s(key.repo.as_str()))
-            .item("environment", s(key.environment.as_str()))
             .item("version", n(version))
-            .item("doc", s(doc))
+            .item("doc", s(json))
             .item("updated_at", s(now_iso()))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        if let Some(due) = state.due_at() {
-            put = put.item("due_pk", s(DUE_PARTITION)).item("due_at", n(due));
+        for (name, value) in attributes {
+            put = put.item(name, value);
         }
         put = if expected == 0 {
             put.condition_expression("attribute_not_exists(pk)")
@@ -82,12 +91,34 @@ impl DynamoStore {
                 PutItemError::ConditionalCheckFailedException(e) => match e.item {
                     Some(item) => Ok(Err(versioned(&item)?)),
                     // The item vanished (deleted by hand): start from nothing.
-                    None => Ok(Err(Versioned { state: EnvironmentState::default(), version: 0 })),
+                    None => Ok(Err(Versioned { state: T::default(), version: 0 })),
                 },
                 other => Err(unavailable(other)),
             },
             Err(other) => Err(unavailable(other)),
         }
+    }
+
+    pub(super) async fn load_env(&self, key: &EnvKey) -> Result<Versioned, StoreError> {
+        let (pk, sk) = environment_key(key);
+        self.load_doc(pk, sk).await
+    }
+
+    pub(super) async fn save_env(
+        &self,
+        key: &EnvKey,
+        state: &EnvironmentState,
+        expected: u64,
+    ) -> Result<Result<u64, Versioned>, StoreError> {
+        let mut attributes = vec![
+            ("kind", s("environment")),
+            ("repository", s(key.repo.as_str())),
+            ("environment", s(key.environment.as_str())),
+        ];
+        if let Some(due) = state.due_at() {
+            attributes.extend([("due_pk", s(DUE_PARTITION)), ("due_at", n(due))]);
+        }
+        self.save_doc(environment_key(key), state, attributes, expected).await
     }
 
     pub(super) async fn due_envs(&self, now_ms: u64, limit: usize) -> Result<Vec<(EnvKey, Versioned)>, StoreError> {
@@ -106,5 +137,19 @@ impl DynamoStore {
         // The index is eventually consistent: a stale copy only costs a failed conditional write,
         // which returns the fresh item.
         out.items.unwrap_or_default().iter().map(|item| Ok((env_key_of(item)?, versioned(item)?))).collect()
+    }
+
+    pub(super) async fn load_redelivery_doc(&self, hook: &HookRef) -> Result<Versioned<RedeliveryState>, StoreError> {
+        let (pk, sk) = redelivery_key(hook);
+        self.load_doc(pk, sk).await
+    }
+
+    pub(super) async fn save_redelivery_doc(
+        &self,
+        hook: &HookRef,
+        state: &RedeliveryState,
+        expected: u64,
+    ) -> Result<Result<u64, Versioned<RedeliveryState>>, StoreError> {
+        self.save_doc(redelivery_key(hook), state, vec![("kind", s("redelivery"))], expected).await
     }
 }

@@ -6,6 +6,7 @@
 //! | deployment creation | `REPO#<owner/name>` | `CREATE#PR#<n>#ENV#<env>` | [`creations`]: claim, then result |
 //! | deployment | `REPO#<owner/name>` | `DEPLOYMENT#<id>` | [`deployments`]: newest status wins |
 //! | environment | `REPO#<owner/name>` | `ENV#<env>` | [`environments`]: the run state, versioned |
+//! | redelivery | `HOOK#<app or owner/name#id>` | `REDELIVERY` | [`environments`]: the redelivery sweep's watermark, versioned |
 //!
 //! Every write that guards an effect is a single conditional write, so two Lambda instances can
 //! never both win. Environments with work due carry `due_pk`/`due_at`, the keys of the sparse
@@ -26,7 +27,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditi
 use tracing::warn;
 
 use crate::domain::StatusRecord;
-use crate::domain::ports::{Claim, CreationKey, CreationRecord, EnvKey, Lease, Store, StoreError, Versioned};
+use crate::domain::ports::{Claim, CreationKey, CreationRecord, EnvKey, HookRef, Lease, Store, StoreError, Versioned};
+use crate::domain::redelivery::RedeliveryState;
 use crate::domain::runs::EnvironmentState;
 use crate::domain::types::{DeliveryId, DeploymentId, Environment, RepoFullName, Sha};
 
@@ -201,5 +203,18 @@ impl Store for DynamoStore {
 
     async fn due_environments(&self, now_ms: u64, limit: usize) -> Result<Vec<(EnvKey, Versioned)>, StoreError> {
         self.due_envs(now_ms, limit).await
+    }
+
+    async fn load_redelivery(&self, hook: &HookRef) -> Result<Versioned<RedeliveryState>, StoreError> {
+        self.load_redelivery_doc(hook).await
+    }
+
+    async fn save_redelivery(
+        &self,
+        hook: &HookRef,
+        state: &RedeliveryState,
+        expected: u64,
+    ) -> Result<Result<u64, Versioned<RedeliveryState>>, StoreError> {
+        self.save_redelivery_doc(hook, state, expected).await
     }
 }
