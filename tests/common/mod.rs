@@ -16,6 +16,7 @@ use base64::Engine;
 use deploy_webhook::deploy::hook::{DeployTargets, HookDeployer};
 use deploy_webhook::domain::ports::Clock;
 use deploy_webhook::domain::{DeployRules, Service, ServiceSettings};
+use deploy_webhook::github::auth::{AppCredentials, AuthConfig, GitHubAuth};
 use deploy_webhook::github::client::{GitHubClient, RetryPolicy, http_client};
 use deploy_webhook::http::WebhookHandler;
 use deploy_webhook::http::signature::WebhookSecrets;
@@ -219,6 +220,20 @@ pub fn deployment_status(deployment_id: u64, status_id: u64, state: &str) -> Val
     p
 }
 
+/// A fresh RSA key pair for a test GitHub App: the private key as PKCS#8 PEM (what GitHub hands
+/// out) and the public key's DER. Made by the test, never committed.
+pub fn app_key_pair() -> (secrecy::SecretString, Vec<u8>) {
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::rsa::{KeyPair, KeySize};
+    use aws_lc_rs::signature::KeyPair as _;
+    let pair = KeyPair::generate(KeySize::Rsa2048).unwrap();
+    let der = pair.as_der().unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+    let pem = format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n"));
+    (secrecy::SecretString::from(pem), pair.public_key().as_ref().to_vec())
+}
+
 pub fn sign(secret: &str, body: &[u8]) -> String {
     WebhookSecrets::from_list(secret).unwrap().sign(body)
 }
@@ -341,6 +356,7 @@ pub struct TestApp {
 type SettingsTweak = Box<dyn FnOnce(&mut ServiceSettings)>;
 
 pub struct TestAppBuilder {
+    app: Option<(u64, secrecy::SecretString)>,
     rules: DeployRules,
     targets: DeployTargets,
     retry: RetryPolicy,
@@ -354,6 +370,7 @@ pub struct TestAppBuilder {
 impl TestApp {
     pub fn builder() -> TestAppBuilder {
         TestAppBuilder {
+            app: None,
             rules: DeployRules::default(),
             targets: DeployTargets::default(),
             retry: RetryPolicy {
@@ -450,6 +467,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// Authenticates as GitHub App `app_id` with `pem`, and sweeps the App's webhook deliveries.
+    pub fn github_app(mut self, app_id: u64, pem: secrecy::SecretString) -> Self {
+        self.app = Some((app_id, pem));
+        self
+    }
+
     pub fn hook_timeout(mut self, timeout: Duration) -> Self {
         self.hook_timeout = timeout;
         self
@@ -480,14 +503,22 @@ impl TestAppBuilder {
         let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&function_sdk), &table);
         // One HTTP client for GitHub and the hook, wired as src/app.rs wires them.
         let http = http_client().unwrap();
-        let client = GitHubClient::new(http.clone(), &github.uri(), &TOKEN.to_owned().into(), self.retry).unwrap();
+        let clock = TestClock::default();
+        let auth = match &self.app {
+            Some((id, pem)) => AuthConfig::App(AppCredentials::new(*id, pem).unwrap()),
+            None => AuthConfig::Token(TOKEN.to_owned().into()),
+        };
+        let auth = Arc::new(GitHubAuth::new(auth, Arc::new(clock.clone())));
+        let client = GitHubClient::with_auth(http.clone(), &github.uri(), auth, self.retry);
         let secrets = WebhookSecrets::from_list(&self.secret).unwrap();
         let deployer = HookDeployer::new(http, self.targets, secrets.clone(), self.hook_timeout);
         let mut settings = ServiceSettings::new(self.rules);
+        if self.app.is_some() {
+            settings.redelivery_hooks = vec![deploy_webhook::domain::ports::HookRef::App];
+        }
         if let Some(tweak) = self.settings_tweak {
             tweak(&mut settings);
         }
-        let clock = TestClock::default();
         let service = Service::with_clock(store, client, deployer, clock.clone(), settings);
         let handler = Arc::new(WebhookHandler::new(service, secrets, self.budget));
         TestApp { handler, github, dynamo, table, clock }
