@@ -18,5 +18,6 @@ pub mod domain;
 pub mod error;
 pub mod github;
 pub mod http;
+pub mod metrics;
 pub mod schedule;
 pub mod store;

@@ -70,7 +70,9 @@ pub async fn sweep<S: Store, G: GitHub, D: DeployAction, C: Clock>(
     handler: &WebhookHandler<S, G, D, C>,
     budget: Duration,
 ) -> Value {
-    match handler.sweep(budget).await {
+    let result = handler.sweep(budget).await;
+    crate::metrics::count(crate::domain::ports::SystemClock.now_ms(), None, "SweepRuns");
+    match result {
         Ok(report) => {
             let r = &report.redelivery;
             info!(

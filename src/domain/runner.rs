@@ -30,6 +30,7 @@ use super::runs::{
 };
 use super::service::{Outcome, Service, ServiceError};
 use super::types::{DeliveryId, DeploymentId, DeploymentState, Environment, RepoFullName, truncate_chars};
+use crate::metrics::{self, Unit};
 
 /// How often a transition is retried when other writers keep changing the environment.
 const MAX_CONFLICTS: usize = 25;
@@ -327,6 +328,19 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                     environment_url: None,
                 };
                 self.github.create_deployment_status(repo, run.deployment.id, &status, deadline).await?;
+                let now = self.clock.now_ms();
+                metrics::emit(
+                    now,
+                    Some(("Environment", environment.as_str())),
+                    &[
+                        ("DeploymentsStarted", 1.0, Unit::Count),
+                        (
+                            "QueueWaitMs",
+                            run.started_ms.saturating_sub(run.deployment.arrived_ms) as f64,
+                            Unit::Milliseconds,
+                        ),
+                    ],
+                );
                 Ok(Done::InProgressPosted)
             }
             Work::StartNext => Ok(Done::StartedNext),
@@ -364,6 +378,20 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                 };
                 self.github.create_deployment_status(repo, run.deployment.id, &status, deadline).await?;
                 info!(deployment_id = %run.deployment.id, %environment, state = %result.state, "deployment finished");
+                let now = self.clock.now_ms();
+                let outcome = match result.state {
+                    DeploymentState::Success => "DeploymentsSucceeded",
+                    DeploymentState::Error if now >= run.deadline_ms => "DeploymentsTimedOut",
+                    _ => "DeploymentsFailed",
+                };
+                metrics::emit(
+                    now,
+                    Some(("Environment", environment.as_str())),
+                    &[
+                        (outcome, 1.0, Unit::Count),
+                        ("DeployDurationMs", now.saturating_sub(run.started_ms) as f64, Unit::Milliseconds),
+                    ],
+                );
                 Ok(Done::ResultPosted)
             }
             Work::EndRun => Ok(Done::RunEnded),

@@ -12,11 +12,13 @@ use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::{Value, json};
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::domain::ServiceError;
 use crate::domain::ports::{Clock, DeployAction, GitHub, Store, SystemClock};
 use crate::domain::types::DeliveryId;
 use crate::domain::{Deadline, Delivery, Outcome, Service, SweepReport};
 use crate::error::AppError;
 use crate::github::events::parse_event;
+use crate::metrics::{self, Unit};
 use signature::WebhookSecrets;
 
 pub const EVENT_HEADER: &str = "x-github-event";
@@ -69,6 +71,11 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> WebhookHandler<S, G, D, C> 
             match self.process(&request, deadline).await {
                 Ok((delivery, outcome)) => {
                     info!(status = outcome.status(), "delivery handled");
+                    metrics::emit(
+                        SystemClock.now_ms(),
+                        Some(("Outcome", outcome.status())),
+                        &[("Deliveries", 1.0, Unit::Count)],
+                    );
                     respond(
                         StatusCode::OK,
                         json!({ "status": outcome.status(), "delivery": delivery.as_str(), "detail": outcome.detail() }),
@@ -76,6 +83,13 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> WebhookHandler<S, G, D, C> 
                 }
                 Err(err) => {
                     let status = err.status();
+                    let now = SystemClock.now_ms();
+                    metrics::emit(now, Some(("Outcome", err.kind())), &[("Deliveries", 1.0, Unit::Count)]);
+                    match &err {
+                        AppError::Service(ServiceError::GitHub(_)) => metrics::count(now, None, "GitHubErrors"),
+                        AppError::Service(ServiceError::Store(_)) => metrics::count(now, None, "DynamoErrors"),
+                        _ => {}
+                    }
                     if status.is_server_error() {
                         warn!(error = %err, http_status = status.as_u16(), "delivery failed; it can be redelivered");
                     } else {
