@@ -96,6 +96,15 @@ fn aws_config_from(var: impl Fn(&str) -> Option<String>, extra: &ExtraCaCerts) -
     Ok(sdk.build())
 }
 
+/// The web address that goes with an API address: `https://api.github.com` → `https://github.com`;
+/// GitHub Enterprise Server's `https://HOST/api/v3` → `https://HOST`.
+fn html_url_of(api: &str) -> String {
+    if api.trim_end_matches('/') == crate::config::DEFAULT_GITHUB_API_URL {
+        return "https://github.com".to_owned();
+    }
+    api.trim_end_matches('/').trim_end_matches("/api/v3").to_owned()
+}
+
 pub fn build_handler(config: &Config, sdk: &SdkConfig) -> Result<Handler, InitError> {
     let mut dynamodb = aws_sdk_dynamodb::config::Builder::from(sdk);
     if !config.extra_ca_certs.is_empty() {
@@ -116,6 +125,11 @@ pub fn build_handler(config: &Config, sdk: &SdkConfig) -> Result<Handler, InitEr
     settings.run_timeouts = config.deploy_timeouts.clone();
     settings.public_url = config.public_url.clone();
     settings.redelivery_max_attempts = config.redelivery_max_attempts;
+    settings.branch_deploy_environments = config.branch_deploy_environments.iter().cloned().collect();
+    settings.allow_sha_deployments = config.allow_sha_deployments;
+    settings.chatops_permissions = config.chatops_permissions.clone();
+    settings.required_contexts = config.required_contexts.clone();
+    settings.github_html_url = html_url_of(&config.github_api_url);
     settings.redelivery_hooks = config.redeliver_hooks.clone();
     if matches!(config.github_auth, crate::github::auth::AuthConfig::App(_)) {
         settings.redelivery_hooks.insert(0, crate::domain::ports::HookRef::App);

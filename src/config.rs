@@ -26,6 +26,14 @@ pub struct Config {
     pub redeliver_hooks: Vec<HookRef>,
     /// `REDELIVERY_MAX_ATTEMPTS`: redeliveries per delivery before giving up.
     pub redelivery_max_attempts: u32,
+    /// `BRANCH_DEPLOY_ENVIRONMENTS`: where `.deploy to <env>` may deploy (default: none).
+    pub branch_deploy_environments: Vec<crate::domain::Environment>,
+    /// `ALLOW_SHA_DEPLOYMENTS=true`: `.deploy <sha> to <env>` is allowed.
+    pub allow_sha_deployments: bool,
+    /// `CHATOPS_PERMISSIONS` (default `write,admin`).
+    pub chatops_permissions: Vec<String>,
+    /// `DEPLOY_REQUIRED_CONTEXTS_<ENV>`: the checks a deployment there needs.
+    pub required_contexts: HashMap<String, Vec<String>>,
     pub github_api_url: String,
     pub table: String,
     pub rules: DeployRules,
@@ -69,6 +77,10 @@ pub enum ConfigError {
     BadHook(String),
     #[error("REDELIVERY_MAX_ATTEMPTS must be a whole number from 1 to 20, got {0:?}")]
     BadAttempts(String),
+    #[error("{name} is not a valid list: {value:?}")]
+    BadList { name: &'static str, value: String },
+    #[error("{name} must be true or false, got {value:?}")]
+    BadBool { name: &'static str, value: String },
     #[error("{name} must be a number of minutes between 0.05 and 1440, got {value:?}")]
     BadMinutes { name: String, value: String },
     #[error("EXTRA_CA_CERTS_FILE ({path:?}): {reason}")]
@@ -117,6 +129,35 @@ impl Config {
                 .collect::<Result<Vec<_>, _>>()?,
             None => Vec::new(),
         };
+        let branch_deploy_environments = match get("BRANCH_DEPLOY_ENVIRONMENTS") {
+            Some(raw) => raw
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(|e| {
+                    crate::domain::Environment::parse(e)
+                        .map_err(|_| ConfigError::BadList { name: "BRANCH_DEPLOY_ENVIRONMENTS", value: raw.to_owned() })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
+        let allow_sha_deployments = match get("ALLOW_SHA_DEPLOYMENTS") {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => return Err(ConfigError::BadBool { name: "ALLOW_SHA_DEPLOYMENTS", value: other.to_owned() }),
+        };
+        let chatops_permissions = match get("CHATOPS_PERMISSIONS") {
+            Some(raw) => {
+                let list: Vec<String> =
+                    raw.split(',').map(|p| p.trim().to_ascii_lowercase()).filter(|p| !p.is_empty()).collect();
+                let known = ["admin", "maintain", "write", "triage", "read"];
+                if list.is_empty() || list.iter().any(|p| !known.contains(&p.as_str())) {
+                    return Err(ConfigError::BadList { name: "CHATOPS_PERMISSIONS", value: raw.to_owned() });
+                }
+                list
+            }
+            None => vec!["write".to_owned(), "admin".to_owned()],
+        };
         let redelivery_max_attempts = match get("REDELIVERY_MAX_ATTEMPTS") {
             Some(raw) => raw
                 .parse::<u32>()
@@ -140,6 +181,7 @@ impl Config {
 
         let mut deploy_targets = DeployTargets::default();
         let mut deploy_timeouts = HashMap::new();
+        let mut required_contexts = HashMap::new();
         for (name, value) in &vars {
             let value = value.trim();
             if value.is_empty() {
@@ -153,6 +195,9 @@ impl Config {
                 deploy_targets.default_environment_url = Some(http_url(name, value)?);
             } else if let Some(env) = name.strip_prefix("ENVIRONMENT_URL_") {
                 deploy_targets.environment_urls.insert(env.to_owned(), http_url(name, value)?);
+            } else if let Some(env) = name.strip_prefix("DEPLOY_REQUIRED_CONTEXTS_") {
+                let contexts = value.split(',').map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned).collect();
+                required_contexts.insert(env.to_owned(), contexts);
             } else if let Some(env) = name.strip_prefix("DEPLOY_TIMEOUT_MINUTES_") {
                 deploy_timeouts.insert(env.to_owned(), minutes(name, value)?);
             }
@@ -179,6 +224,10 @@ impl Config {
             github_auth,
             redeliver_hooks,
             redelivery_max_attempts,
+            branch_deploy_environments,
+            allow_sha_deployments,
+            chatops_permissions,
+            required_contexts,
             github_api_url,
             table,
             rules,

@@ -17,6 +17,7 @@ async fn main() -> Result<(), Error> {
     let sdk = app::aws_config().await?;
     let handler = Arc::new(app::build_handler(&config, &sdk)?);
     let budget = config.delivery_budget;
+    deploy_webhook::metrics::enable();
 
     lambda_runtime::run(service_fn(move |event: LambdaEvent<schedule::Invocation>| {
         let handler = Arc::clone(&handler);

@@ -8,10 +8,19 @@
 //! `GitHubErrors`, `DynamoErrors`, `SweepRuns`.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Map, Value, json};
 
 pub const NAMESPACE: &str = "DeployWebhook";
+
+/// Off until the Lambda entrypoint turns it on: tests and tools that embed the handler print
+/// nothing.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+pub fn enable() {
+    ENABLED.store(true, Ordering::Relaxed);
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unit {
@@ -52,6 +61,9 @@ pub fn document(now_ms: u64, dimension: Option<(&str, &str)>, values: &[(&str, f
 
 /// Writes one EMF line. A failed write to stdout is ignored: metrics never fail a delivery.
 pub fn emit(now_ms: u64, dimension: Option<(&str, &str)>, values: &[(&str, f64, Unit)]) {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return;
+    }
     let line = document(now_ms, dimension, values).to_string();
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");

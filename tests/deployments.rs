@@ -243,6 +243,8 @@ async fn a_retry_after_a_crash_does_not_post_in_progress_twice() {
         callback_base: None,
         delivery: "dead".into(),
         arrived_ms: 0,
+        requester: None,
+        pr: None,
     };
     let settings = RunSettings { lease_ms: 1, run_timeout_ms: 3_600_000_000_000 };
     let ctx = Ctx { now: 0, token: "dead-instance", secret: "its-secret" };

@@ -96,7 +96,8 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             return Ok(EnvironmentResult::Superseded);
         }
 
-        let request = new_deployment(delivery, pr, key, &marker);
+        let mut request = new_deployment(delivery, pr, key, &marker);
+        request.required_contexts = self.settings.required_contexts.get(&key.environment.env_var_suffix()).cloned();
         let record = self.github.create_deployment(&pr.repo, &request, deadline).await?;
         self.store.finish_deployment_creation(key, lease, &record).await?;
         Ok(match record {
@@ -135,5 +136,6 @@ pub fn new_deployment(delivery: &DeliveryId, pr: &MergedPullRequest, key: &Creat
             "pull_request": { "number": pr.number, "url": pr.html_url, "base_ref": pr.base_branch.as_str() },
             "deploy_webhook": { "marker": marker, "delivery": delivery.as_str(), "merged_at": pr.merged_at },
         }),
+        required_contexts: None,
     }
 }

@@ -12,6 +12,8 @@ pub enum WebhookEvent {
     PullRequestMerged(MergedPullRequest),
     DeploymentCreated(DeploymentCreated),
     DeploymentStatus(DeploymentStatusEvent),
+    /// A new comment whose first line is a command (`.deploy`, `.lock`, …).
+    Command(CommentCommand),
     /// An event or action we don't act on, with a short reason for the response.
     Ignored {
         reason: String,
@@ -25,6 +27,7 @@ impl WebhookEvent {
             Self::PullRequestMerged(e) => e.installation.map(|i| (&e.repo, i)),
             Self::DeploymentCreated(e) => e.installation.map(|i| (&e.repo, i)),
             Self::DeploymentStatus(e) => e.installation.map(|i| (&e.repo, i)),
+            Self::Command(e) => e.installation.map(|i| (&e.repo, i)),
             _ => None,
         }
     }
@@ -35,6 +38,7 @@ impl WebhookEvent {
             Self::PullRequestMerged(_) => "pull_request",
             Self::DeploymentCreated(_) => "deployment",
             Self::DeploymentStatus(_) => "deployment_status",
+            Self::Command(_) => "issue_comment",
             Self::Ignored { .. } => "ignored",
         }
     }
@@ -95,6 +99,20 @@ pub struct StatusRecord {
     pub environment_url: Option<String>,
     pub creator: Option<String>,
     pub created_at: Option<String>,
+}
+
+/// A comment command: who wrote what where. The text is the caller's: never echoed unescaped.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CommentCommand {
+    pub repo: RepoFullName,
+    pub installation: Option<u64>,
+    pub comment_id: u64,
+    pub author: String,
+    /// The issue or pull request number.
+    pub issue: u64,
+    pub on_pull_request: bool,
+    /// The comment's first line, trimmed.
+    pub line: String,
 }
 
 /// A delivery: its id and what it carries.

@@ -1,6 +1,7 @@
 //! The domain: what a delivery means and which effects it calls for. No HTTP, DynamoDB or GitHub
 //! wire types live here; adapters implement the [`ports`].
 
+pub mod commands;
 pub mod creation;
 pub mod deadline;
 pub mod event;

@@ -141,6 +141,31 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<(EnvKey, Versioned)>, StoreError>> + Send;
 
+    /// Claims the handling of one comment command: it acts and replies once, however often the
+    /// comment is delivered. `Done` carries the recorded outcome.
+    fn claim_comment(
+        &self,
+        repo: &RepoFullName,
+        comment_id: u64,
+        delivery: &DeliveryId,
+        lease_for: Duration,
+    ) -> impl Future<Output = Result<Claim<String>, StoreError>> + Send;
+
+    fn finish_comment(
+        &self,
+        repo: &RepoFullName,
+        comment_id: u64,
+        lease: &Lease,
+        outcome: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn release_comment(
+        &self,
+        repo: &RepoFullName,
+        comment_id: u64,
+        lease: &Lease,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// What the redelivery sweep knows of one webhook's deliveries.
     fn load_redelivery(
         &self,
@@ -209,6 +234,27 @@ pub struct NewDeployment {
     pub description: String,
     pub production_environment: bool,
     pub payload: Value,
+    /// The status checks that must pass first (`None`: GitHub's default, every check).
+    pub required_contexts: Option<Vec<String>>,
+}
+
+/// A commenter's access to a repository, as GitHub answers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Permission {
+    /// `admin`, `write`, `read` or `none` (`maintain` is reported as `write`).
+    pub permission: String,
+    /// The finer role: `admin`, `maintain`, `write`, `triage`, `read`, or a custom one.
+    pub role: Option<String>,
+}
+
+/// What a command needs to know of a pull request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PullRequestHead {
+    pub open: bool,
+    pub head_sha: Sha,
+    /// `owner/name` of the head's repository; another one than the base's is a fork.
+    pub head_repo: Option<String>,
+    pub head_ref: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -264,6 +310,38 @@ pub trait GitHub: Send + Sync {
         id: DeploymentId,
         deadline: Deadline,
     ) -> impl Future<Output = Result<Vec<StatusRecord>, GitHubError>> + Send;
+
+    fn permission(
+        &self,
+        repo: &RepoFullName,
+        user: &str,
+        deadline: Deadline,
+    ) -> impl Future<Output = Result<Permission, GitHubError>> + Send;
+
+    fn pull_request(
+        &self,
+        repo: &RepoFullName,
+        number: u64,
+        deadline: Deadline,
+    ) -> impl Future<Output = Result<PullRequestHead, GitHubError>> + Send;
+
+    /// Reacts to an issue comment (`eyes`, `rocket`, `confused`).
+    fn react(
+        &self,
+        repo: &RepoFullName,
+        comment_id: u64,
+        content: &str,
+        deadline: Deadline,
+    ) -> impl Future<Output = Result<(), GitHubError>> + Send;
+
+    /// Comments on an issue or pull request.
+    fn comment(
+        &self,
+        repo: &RepoFullName,
+        issue: u64,
+        body: &str,
+        deadline: Deadline,
+    ) -> impl Future<Output = Result<(), GitHubError>> + Send;
 
     /// A delivery named the GitHub App installation of `repo`: later calls for it use it.
     fn remember_installation(&self, _repo: &RepoFullName, _installation: u64) {}

@@ -163,7 +163,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
 
     /// Applies `trigger` and writes the result if it changed anything, re-applying it to the
     /// fresh state when another writer came first.
-    async fn transition(
+    pub(crate) async fn transition(
         &self,
         key: &EnvKey,
         known: Option<Versioned>,
@@ -189,7 +189,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
     }
 
     /// Does the work the environment owes while we hold its lease, then releases it.
-    async fn drive(
+    pub(crate) async fn drive(
         &self,
         key: &EnvKey,
         mut current: Versioned,
@@ -417,8 +417,16 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             callback_base: callback_base.map(str::to_owned),
             delivery: delivery.as_str().to_owned(),
             arrived_ms: self.clock.now_ms(),
+            requester: text_at(&d.payload, "/deploy_webhook/requested_by")
+                .or_else(|| text_at(&d.payload, "/deploy_user"))
+                .or_else(|| d.creator.clone()),
+            pr: d.payload.pointer("/pull_request/number").and_then(|v| v.as_u64()),
         }
     }
+}
+
+fn text_at(payload: &serde_json::Value, pointer: &str) -> Option<String> {
+    payload.pointer(pointer).and_then(|v| v.as_str()).filter(|t| !t.is_empty()).map(str::to_owned)
 }
 
 fn running(state: &EnvironmentState) -> Result<&runs::Run, ServiceError> {
@@ -446,11 +454,11 @@ pub(crate) struct Holder {
 }
 
 impl Holder {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self { token: hex::encode(random_bytes::<8>()), secret: hex::encode(random_bytes::<16>()) }
     }
 
-    fn token(&self) -> &str {
+    pub(crate) fn token(&self) -> &str {
         &self.token
     }
 

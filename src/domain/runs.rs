@@ -44,6 +44,13 @@ pub struct DeploymentToRun {
     pub callback_base: Option<String>,
     pub delivery: String,
     pub arrived_ms: u64,
+    /// Who asked for it (a merge's author, a command's commenter): a lock holder's own
+    /// deployments are not held by the lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester: Option<String>,
+    /// The pull request it deploys, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pr: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,7 +108,17 @@ pub struct FinishedRun {
     pub token_hash: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha: Option<Sha>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pr: Option<u64>,
     pub rank: Rank,
+    pub at_ms: u64,
+}
+
+/// A sticky lock (`.lock <env> [reason]`): only the holder's deployments run until `.unlock`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvLock {
+    pub holder: String,
+    pub reason: String,
     pub at_ms: u64,
 }
 
@@ -142,6 +159,8 @@ pub struct EnvironmentState {
     /// The last successful deployment here (for status and rollback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_success: Option<FinishedRun>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<EnvLock>,
 }
 
 /// The settings a transition needs.
@@ -179,6 +198,10 @@ pub enum Trigger {
     TerminalStatus { id: DeploymentId, state: DeploymentState },
     /// The sweep: heal whatever is due.
     Sweep,
+    /// `.lock`: `holder` holds the environment (a lock held by someone else stays theirs).
+    Lock { holder: String, reason: String },
+    /// `.unlock`: the lock goes, and the newest waiting deployment starts.
+    Unlock,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -212,6 +235,10 @@ pub enum Verdict {
     NotRunning,
     /// The sweep found nothing to do.
     Idle,
+    /// Held by a lock: it waits in the queue.
+    Locked { holder: String },
+    /// `.lock` when someone else holds it already.
+    LockedBy { holder: String, reason: String },
 }
 
 /// The result of one transition.
@@ -244,6 +271,22 @@ impl EnvironmentState {
         }
     }
 
+    /// Nothing runs, and a queued deployment may start (the lock does not hold all of them).
+    pub fn can_start_next(&self) -> bool {
+        self.running.is_none()
+            && self.queue.iter().any(|d| match &self.lock {
+                Some(lock) => d.requester.as_deref() == Some(lock.holder.as_str()),
+                None => true,
+            })
+    }
+
+    /// The commit to roll back to: the last success before the one deployed now.
+    pub fn rollback_target(&self) -> Option<&FinishedRun> {
+        let mut successes = self.recent.iter().rev().filter(|r| r.state == DeploymentState::Success && r.sha.is_some());
+        let current = successes.next()?;
+        successes.find(|r| r.sha != current.sha)
+    }
+
     fn knows(&self, id: DeploymentId) -> Option<DeploymentState> {
         if let Some(run) = &self.running {
             if run.deployment.id == id {
@@ -264,7 +307,7 @@ impl EnvironmentState {
             return Some(lease.until_ms);
         }
         let owes_work = !self.notices.is_empty()
-            || (self.running.is_none() && !self.queue.is_empty())
+            || (self.running.is_none() && self.can_start_next())
             || self.running.as_ref().is_some_and(|r| !matches!(r.phase, Phase::Awaiting));
         if owes_work {
             return Some(self.retry_at_ms.unwrap_or(0));
@@ -333,6 +376,21 @@ pub fn apply(state: &EnvironmentState, trigger: &Trigger, ctx: &Ctx<'_>, setting
         Trigger::Arrived(d) => arrive(&mut s, d, ctx, settings),
         Trigger::Callback { id, token_hash, report } => callback(&mut s, *id, token_hash, report, token, now, settings),
         Trigger::TerminalStatus { id, state } => terminal_status(&mut s, *id, *state, token, now, settings),
+        Trigger::Lock { holder, reason } => match &s.lock {
+            Some(lock) if lock.holder != *holder => {
+                Verdict::LockedBy { holder: lock.holder.clone(), reason: lock.reason.clone() }
+            }
+            _ => {
+                s.lock = Some(EnvLock { holder: holder.clone(), reason: reason.clone(), at_ms: now });
+                Verdict::Accepted
+            }
+        },
+        Trigger::Unlock => {
+            if s.lock.take().is_some() && s.running.is_none() && !s.queue.is_empty() {
+                s.take_lease(token, now, settings);
+            }
+            Verdict::Accepted
+        }
         Trigger::Sweep => {
             if s.due_at().is_some_and(|due| due <= now) && s.take_lease(token, now, settings) {
                 Verdict::Accepted
@@ -376,6 +434,19 @@ fn arrive(s: &mut EnvironmentState, d: &DeploymentToRun, ctx: &Ctx<'_>, settings
             s.take_lease(token, now, settings);
             return Verdict::Superseded { by };
         }
+    }
+    if let Some(lock) = s.lock.clone().filter(|l| d.requester.as_deref() != Some(l.holder.as_str())) {
+        let pos = s.queue.partition_point(|q| q.rank < d.rank);
+        s.queue.insert(pos, d.clone());
+        let reason = if lock.reason.is_empty() { String::new() } else { format!(": {}", lock.reason) };
+        s.notices.push(Notice {
+            deployment: d.id,
+            state: DeploymentState::Queued,
+            description: truncate_chars(&format!("locked by @{}{reason}", lock.holder), DESCRIPTION_LIMIT),
+            log_url: None,
+        });
+        s.take_lease(token, now, settings);
+        return Verdict::Locked { holder: lock.holder };
     }
     match s.running.as_ref().map(|r| r.deployment.id) {
         Some(behind) => {
@@ -423,6 +494,7 @@ fn supersede(s: &mut EnvironmentState, d: &DeploymentToRun, by: DeploymentId, no
         state: DeploymentState::Inactive,
         token_hash: None,
         sha: None,
+        pr: d.pr,
         rank: d.rank.clone(),
         at_ms: now,
     });
@@ -434,8 +506,17 @@ fn start_newest(s: &mut EnvironmentState, ctx: &Ctx<'_>, settings: &RunSettings)
     if s.running.is_some() {
         return;
     }
-    let Some(newest) = s.queue.pop() else { return };
-    for older in std::mem::take(&mut s.queue) {
+    // While locked, only the holder's deployments may start; the others keep waiting.
+    let startable = |d: &DeploymentToRun| match &s.lock {
+        Some(lock) => d.requester.as_deref() == Some(lock.holder.as_str()),
+        None => true,
+    };
+    let Some(pos) = s.queue.iter().rposition(startable) else { return };
+    let newest = s.queue.remove(pos);
+    let (older, kept): (Vec<_>, Vec<_>) =
+        std::mem::take(&mut s.queue).into_iter().partition(|q| q.rank < newest.rank && startable(q));
+    s.queue = kept;
+    for older in older {
         supersede(s, &older, newest.id, now);
     }
     s.started = Some(s.started.clone().map_or(newest.rank.clone(), |r| r.max(newest.rank.clone())));
@@ -551,7 +632,7 @@ pub fn next_work(s: &EnvironmentState) -> Option<Work> {
         return Some(Work::PostNotice(notice.clone()));
     }
     let Some(run) = s.running.as_ref() else {
-        return (!s.queue.is_empty()).then_some(Work::StartNext);
+        return s.can_start_next().then_some(Work::StartNext);
     };
     match &run.phase {
         Phase::Starting if !run.in_progress_posted => Some(Work::PostInProgress),
@@ -661,6 +742,7 @@ pub fn after_work(state: &EnvironmentState, done: &Done, ctx: &Ctx<'_>, settings
                     state,
                     token_hash: Some(run.token_hash.clone()).filter(|h| !h.is_empty()),
                     sha: Some(run.deployment.sha.clone()),
+                    pr: run.deployment.pr,
                     rank: run.deployment.rank.clone(),
                     at_ms: now,
                 };

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::commands::CommandResult;
 use super::deadline::Deadline;
 use super::event::{Delivery, DeploymentStatusEvent, WebhookEvent};
 use super::ports::{Clock, DeployAction, EnvKey, GitHub, GitHubError, Store, StoreError, SystemClock};
@@ -35,6 +36,16 @@ pub struct ServiceSettings {
     /// Webhooks whose failed deliveries the sweep redelivers (the App's; `REDELIVER_HOOKS`).
     pub redelivery_hooks: Vec<super::ports::HookRef>,
     pub redelivery_max_attempts: u32,
+    /// `BRANCH_DEPLOY_ENVIRONMENTS`: where `.deploy to <env>` may deploy a pull request's head.
+    pub branch_deploy_environments: HashSet<Environment>,
+    /// `ALLOW_SHA_DEPLOYMENTS`: whether `.deploy <sha> to <env>` is allowed.
+    pub allow_sha_deployments: bool,
+    /// `CHATOPS_PERMISSIONS`: who may run commands (`maintain` counts as `write`).
+    pub chatops_permissions: Vec<String>,
+    /// `DEPLOY_REQUIRED_CONTEXTS_<ENV>`, keyed by the environment's setting suffix.
+    pub required_contexts: std::collections::HashMap<String, Vec<String>>,
+    /// The web address of the GitHub the API belongs to, for links in replies.
+    pub github_html_url: String,
 }
 
 impl ServiceSettings {
@@ -50,6 +61,11 @@ impl ServiceSettings {
             public_url: None,
             redelivery_hooks: Vec::new(),
             redelivery_max_attempts: 5,
+            branch_deploy_environments: HashSet::new(),
+            allow_sha_deployments: false,
+            chatops_permissions: vec!["write".to_owned(), "admin".to_owned()],
+            required_contexts: Default::default(),
+            github_html_url: "https://github.com".to_owned(),
         }
     }
 
@@ -86,6 +102,11 @@ pub enum Outcome {
         id: DeploymentId,
         verdict: Verdict,
     },
+    /// A comment command.
+    Command {
+        comment_id: u64,
+        result: CommandResult,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -120,7 +141,7 @@ impl Outcome {
                 }
             }
             Self::Deployment { verdict, .. } => match verdict {
-                Verdict::Queued { .. } => "queued",
+                Verdict::Queued { .. } | Verdict::Locked { .. } => "queued",
                 Verdict::Superseded { .. } => "superseded",
                 Verdict::Duplicate { .. } => "duplicate",
                 Verdict::Stale => "stale",
@@ -130,6 +151,7 @@ impl Outcome {
             Self::StatusRecorded { applied: false, .. } => "stale",
             Self::Callback { verdict: Verdict::AlreadyFinal { .. }, .. } => "already_final",
             Self::Callback { .. } => "accepted",
+            Self::Command { result, .. } => result.word(),
         }
     }
 
@@ -156,6 +178,11 @@ impl Outcome {
                 detail
             }
             Self::StatusRecorded { id, state, .. } => json!({ "deployment_id": id.0, "state": state.as_str() }),
+            Self::Command { comment_id, result } => match result {
+                CommandResult::Deployed(id) => json!({ "comment_id": comment_id, "deployment_id": id.0 }),
+                CommandResult::Duplicate(recorded) => json!({ "comment_id": comment_id, "recorded": recorded }),
+                _ => json!({ "comment_id": comment_id }),
+            },
             Self::Callback { id, verdict } => match verdict {
                 Verdict::AlreadyFinal { state } => json!({ "deployment_id": id.0, "state": state.as_str() }),
                 _ => json!({ "deployment_id": id.0 }),
@@ -205,7 +232,9 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
 
     /// Environments this deployer runs: every rule's environment, and any with a deploy hook.
     pub fn manages(&self, environment: &Environment) -> bool {
-        self.managed.contains(environment) || self.deployer.configured_for(environment)
+        self.managed.contains(environment)
+            || self.deployer.configured_for(environment)
+            || self.settings.branch_deploy_environments.contains(environment)
     }
 
     pub async fn handle(&self, delivery: Delivery, deadline: Deadline) -> Result<Outcome, ServiceError> {
@@ -233,6 +262,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                 self.run_deployment(&delivery.id, &d, delivery.callback_base.as_deref(), deadline).await
             }
             WebhookEvent::DeploymentStatus(s) => self.record_status(&s, deadline).await,
+            WebhookEvent::Command(c) => self.run_command(&delivery.id, &c, deadline).await,
         }
     }
 

@@ -23,7 +23,8 @@ use serde_json::{Value, json};
 use tracing::{debug, warn};
 
 use crate::domain::ports::{
-    CreationRecord, GitHub, GitHubError, HookDelivery, HookRef, NewDeployment, NewStatus, SystemClock,
+    CreationRecord, GitHub, GitHubError, HookDelivery, HookRef, NewDeployment, NewStatus, Permission, PullRequestHead,
+    SystemClock,
 };
 use crate::domain::types::{DeploymentId, Environment, RepoFullName, Sha};
 use crate::domain::{Deadline, StatusRecord};
@@ -421,7 +422,128 @@ impl GitHubClient {
     }
 }
 
+impl GitHubClient {
+    /// One GET or POST with the usual retries, its 2xx answer read as `T` (`()` ignores it).
+    async fn call<T: for<'de> Deserialize<'de> + Default>(
+        &self,
+        what: &str,
+        method: Method,
+        path: &str,
+        repo: &RepoFullName,
+        body: Option<&Value>,
+        deadline: Deadline,
+    ) -> Result<T, GitHubError> {
+        let refreshed = AtomicBool::new(false);
+        self.with_retries(what, deadline, |_| {
+            let (method, refreshed) = (method.clone(), &refreshed);
+            async move {
+                let mut request = self.request(method, path, repo, &deadline).await?;
+                if let Some(body) = body {
+                    request = request.json(body);
+                }
+                let resp = match request.send().await {
+                    Ok(resp) => resp,
+                    Err(err) => return Ok(transport_failure(err)),
+                };
+                if !resp.status().is_success() {
+                    return self.failure_on(resp, repo, refreshed).await;
+                }
+                let text = resp.text().await.unwrap_or_default();
+                if text.trim().is_empty() {
+                    return Ok(Step::Done(T::default()));
+                }
+                serde_json::from_str(&text).map(Step::Done).map_err(|e| GitHubError::BadResponse(e.to_string()))
+            }
+        })
+        .await
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct WirePermission {
+    #[serde(default)]
+    permission: String,
+    role_name: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct WirePull {
+    #[serde(default)]
+    state: String,
+    head: Option<WireHead>,
+}
+
+#[derive(Deserialize)]
+struct WireHead {
+    sha: String,
+    #[serde(rename = "ref", default)]
+    git_ref: String,
+    repo: Option<WireRepo>,
+}
+
+#[derive(Deserialize)]
+struct WireRepo {
+    full_name: String,
+}
+
+#[derive(Deserialize, Default)]
+struct Ignored {}
+
 impl GitHub for GitHubClient {
+    async fn permission(&self, repo: &RepoFullName, user: &str, deadline: Deadline) -> Result<Permission, GitHubError> {
+        if user.is_empty() || !user.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Ok(Permission { permission: "none".into(), role: None });
+        }
+        let path = format!("/repos/{repo}/collaborators/{user}/permission");
+        match self.call::<WirePermission>("read permission", Method::GET, &path, repo, None, deadline).await {
+            Ok(p) => Ok(Permission { permission: p.permission, role: p.role_name }),
+            // Not a collaborator at all.
+            Err(GitHubError::Api { status: 404, .. }) => Ok(Permission { permission: "none".into(), role: None }),
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn pull_request(
+        &self,
+        repo: &RepoFullName,
+        number: u64,
+        deadline: Deadline,
+    ) -> Result<PullRequestHead, GitHubError> {
+        let path = format!("/repos/{repo}/pulls/{number}");
+        let pull: WirePull = self.call("read pull request", Method::GET, &path, repo, None, deadline).await?;
+        let head = pull.head.ok_or_else(|| GitHubError::BadResponse("pull request without head".into()))?;
+        Ok(PullRequestHead {
+            open: pull.state == "open",
+            head_sha: Sha::parse(&head.sha).map_err(|e| GitHubError::BadResponse(e.to_string()))?,
+            head_repo: head.repo.map(|r| r.full_name),
+            head_ref: head.git_ref,
+        })
+    }
+
+    async fn react(
+        &self,
+        repo: &RepoFullName,
+        comment_id: u64,
+        content: &str,
+        deadline: Deadline,
+    ) -> Result<(), GitHubError> {
+        let path = format!("/repos/{repo}/issues/comments/{comment_id}/reactions");
+        let body = json!({ "content": content });
+        self.call::<Ignored>("react", Method::POST, &path, repo, Some(&body), deadline).await.map(drop)
+    }
+
+    async fn comment(
+        &self,
+        repo: &RepoFullName,
+        issue: u64,
+        text: &str,
+        deadline: Deadline,
+    ) -> Result<(), GitHubError> {
+        let path = format!("/repos/{repo}/issues/{issue}/comments");
+        let body = json!({ "body": text });
+        self.call::<Ignored>("comment", Method::POST, &path, repo, Some(&body), deadline).await.map(drop)
+    }
+
     fn remember_installation(&self, repo: &RepoFullName, installation: u64) {
         self.auth.remember_installation(repo, installation);
     }
@@ -509,6 +631,10 @@ impl GitHub for GitHubClient {
             "production_environment": request.production_environment,
             "payload": request.payload,
         });
+        let mut body = body;
+        if let Some(contexts) = &request.required_contexts {
+            body["required_contexts"] = json!(contexts);
+        }
         let marker = payload_marker(&request.payload);
         let refreshed = AtomicBool::new(false);
         self.with_retries("create deployment", deadline, |maybe_applied| {

@@ -5,6 +5,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::domain::event::CommentCommand;
 use crate::domain::types::{BranchName, DeploymentId, Environment, InvalidValue, RepoFullName, Sha};
 use crate::domain::{DeploymentCreated, DeploymentStatusEvent, MergedPullRequest, WebhookEvent};
 use crate::github::{WireStatus, WireUser as User};
@@ -96,6 +97,39 @@ struct DeploymentRef {
 }
 
 #[derive(Deserialize)]
+struct IssueCommentEvent {
+    action: String,
+    comment: Comment,
+    issue: Issue,
+    repository: Repository,
+    installation: Option<Installation>,
+}
+
+#[derive(Deserialize)]
+struct Comment {
+    id: u64,
+    #[serde(default)]
+    body: String,
+    user: CommentUser,
+    #[serde(default)]
+    performed_via_github_app: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct CommentUser {
+    login: String,
+    #[serde(rename = "type", default)]
+    kind: String,
+}
+
+#[derive(Deserialize)]
+struct Issue {
+    number: u64,
+    #[serde(default)]
+    pull_request: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
 struct Ping {
     zen: Option<String>,
 }
@@ -116,6 +150,10 @@ pub fn parse_event(event: &str, json: &[u8]) -> Result<WebhookEvent, EventError>
         "deployment" => {
             let e: DeploymentEvent = serde_json::from_slice(json).map_err(bad_json)?;
             deployment(e).map_err(bad_value)
+        }
+        "issue_comment" => {
+            let e: IssueCommentEvent = serde_json::from_slice(json).map_err(bad_json)?;
+            issue_comment(e).map_err(bad_value)
         }
         "deployment_status" => {
             let e: DeploymentStatusPayload = serde_json::from_slice(json).map_err(bad_json)?;
@@ -173,6 +211,30 @@ fn deployment(e: DeploymentEvent) -> Result<WebhookEvent, InvalidValue> {
         created_at: d.created_at,
         payload: d.payload,
         installation: e.installation.map(|i| i.id),
+    }))
+}
+
+fn issue_comment(e: IssueCommentEvent) -> Result<WebhookEvent, InvalidValue> {
+    if e.action != "created" {
+        return Ok(WebhookEvent::Ignored { reason: format!("issue_comment action {} is not handled", e.action) });
+    }
+    let c = e.comment;
+    // Bots, this deployer included (its replies are comments too), never command it.
+    if c.user.kind == "Bot" || c.user.login.ends_with("[bot]") || c.performed_via_github_app.is_some() {
+        return Ok(WebhookEvent::Ignored { reason: "comment by a bot".to_owned() });
+    }
+    let line = c.body.lines().next().unwrap_or_default().trim();
+    if !line.starts_with('.') {
+        return Ok(WebhookEvent::Ignored { reason: "comment is not a command".to_owned() });
+    }
+    Ok(WebhookEvent::Command(CommentCommand {
+        repo: RepoFullName::parse(&e.repository.full_name)?,
+        installation: e.installation.map(|i| i.id),
+        comment_id: c.id,
+        author: c.user.login,
+        issue: e.issue.number,
+        on_pull_request: e.issue.pull_request.is_some(),
+        line: line.chars().take(500).collect(),
     }))
 }
 

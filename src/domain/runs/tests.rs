@@ -21,6 +21,8 @@ fn dep(id: u64, time: &str) -> DeploymentToRun {
         callback_base: None,
         delivery: format!("d{id}"),
         arrived_ms: 0,
+        requester: None,
+        pr: None,
     }
 }
 
@@ -217,4 +219,35 @@ fn random_histories_keep_one_run_at_a_time_and_every_deployment_in_one_place() {
             }
         }
     }
+}
+
+#[test]
+fn a_lock_holds_everyone_but_its_holder_and_unlock_starts_the_newest() {
+    let lock = Trigger::Lock { holder: "alice".into(), reason: "incident 42".into() };
+    let s = apply(&EnvironmentState::default(), &lock, &ctx(0, "A"), &SETTINGS).state;
+    let mut bob = dep(1, "t1");
+    bob.requester = Some("bob".into());
+    let held = arrive_at(&s, bob, 1, "B");
+    assert_eq!(held.verdict, Verdict::Locked { holder: "alice".into() });
+    assert_eq!(held.state.notices[0].description, "locked by @alice: incident 42");
+    let (s, works) = drive(held.state, 1, "B", None);
+    assert!(!works.contains(&Work::PostInProgress), "{works:?}");
+    // Someone else cannot take the lock; the holder's own deployment runs.
+    let other = Trigger::Lock { holder: "carol".into(), reason: String::new() };
+    assert!(matches!(apply(&s, &other, &ctx(2, "C"), &SETTINGS).verdict, Verdict::LockedBy { .. }));
+    let mut alice = dep(2, "t2");
+    alice.requester = Some("alice".into());
+    let own = arrive_at(&s, alice, 3, "D");
+    assert_eq!(own.verdict, Verdict::Started);
+    let (s, _) = drive(own.state, 3, "D", Some(success()));
+    assert_eq!(s.queue.len(), 1, "bob's still waits");
+    let mut bob2 = dep(3, "t3");
+    bob2.requester = Some("bob".into());
+    let s = drive(arrive_at(&s, bob2, 4, "E").state, 4, "E", None).0;
+    let unlocked = apply(&s, &Trigger::Unlock, &ctx(5, "F"), &SETTINGS);
+    let (s, works) = drive(unlocked.state, 5, "F", None);
+    assert!(works.contains(&Work::StartNext));
+    assert_eq!(s.running.as_ref().unwrap().deployment.id, DeploymentId(3), "the newest starts");
+    assert_eq!(s.recent.iter().find(|r| r.id == DeploymentId(1)).unwrap().state, DeploymentState::Inactive);
+    assert_eq!(s.rollback_target(), None, "only one success so far");
 }

@@ -6,12 +6,14 @@
 //! | deployment creation | `REPO#<owner/name>` | `CREATE#PR#<n>#ENV#<env>` | [`creations`]: claim, then result |
 //! | deployment | `REPO#<owner/name>` | `DEPLOYMENT#<id>` | [`deployments`]: newest status wins |
 //! | environment | `REPO#<owner/name>` | `ENV#<env>` | [`environments`]: the run state, versioned |
+//! | comment | `REPO#<owner/name>` | `COMMENT#<id>` | [`comments`]: a command acts and replies once |
 //! | redelivery | `HOOK#<app or owner/name#id>` | `REDELIVERY` | [`environments`]: the redelivery sweep's watermark, versioned |
 //!
 //! Every write that guards an effect is a single conditional write, so two Lambda instances can
 //! never both win. Environments with work due carry `due_pk`/`due_at`, the keys of the sparse
 //! index `due` that the sweep queries; the others are not in that index at all.
 
+mod comments;
 mod creations;
 mod deployments;
 mod environments;
@@ -203,6 +205,30 @@ impl Store for DynamoStore {
 
     async fn due_environments(&self, now_ms: u64, limit: usize) -> Result<Vec<(EnvKey, Versioned)>, StoreError> {
         self.due_envs(now_ms, limit).await
+    }
+
+    async fn claim_comment(
+        &self,
+        repo: &RepoFullName,
+        comment_id: u64,
+        delivery: &DeliveryId,
+        lease_for: Duration,
+    ) -> Result<Claim<String>, StoreError> {
+        self.claim_comment_item(repo, comment_id, delivery, lease_for).await
+    }
+
+    async fn finish_comment(
+        &self,
+        repo: &RepoFullName,
+        comment_id: u64,
+        lease: &Lease,
+        outcome: &str,
+    ) -> Result<(), StoreError> {
+        self.finish_comment_item(repo, comment_id, lease, outcome).await
+    }
+
+    async fn release_comment(&self, repo: &RepoFullName, comment_id: u64, lease: &Lease) -> Result<(), StoreError> {
+        self.release_comment_item(repo, comment_id, lease).await
     }
 
     async fn load_redelivery(&self, hook: &HookRef) -> Result<Versioned<RedeliveryState>, StoreError> {

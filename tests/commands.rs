@@ -1,0 +1,325 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail by panicking
+//! Comment commands: every command, who may run them, bots and edits, duplicates, injection.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::*;
+use deploy_webhook::domain::Environment;
+use serde_json::{Value, json};
+use wiremock::matchers::{body_partial_json, method, path, path_regex};
+use wiremock::{Mock, ResponseTemplate};
+
+const COMMENT_ID: u64 = 5001;
+
+fn comment(body: &str, author: &str, on_pr: bool) -> Value {
+    let mut p = fixture("issues.opened");
+    p["action"] = json!("created");
+    p["issue"]["number"] = json!(7);
+    if on_pr {
+        p["issue"]["pull_request"] = json!({"url": format!("https://api.github.com/repos/{REPO}/pulls/7")});
+    }
+    p["comment"] = json!({"id": COMMENT_ID, "body": body, "user": {"login": author, "type": "User"}});
+    p
+}
+
+fn deliver(payload: &Value) -> Event {
+    Event::github("issue_comment", &new_delivery_id(), payload)
+}
+
+async fn app() -> TestApp {
+    let app = TestApp::builder()
+        .rules("main=production")
+        .settings(|s| {
+            s.branch_deploy_environments = HashSet::from([Environment::parse("staging").unwrap()]);
+        })
+        .start()
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"/issues/comments/\d+/reactions$"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 1})))
+        .mount(&app.github)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"/issues/\d+/comments$"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 2})))
+        .mount(&app.github)
+        .await;
+    app
+}
+
+async fn permission(app: &TestApp, user: &str, permission: &str, role: &str) {
+    Mock::given(method("GET"))
+        .and(path(format!("/repos/{REPO}/collaborators/{user}/permission")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"permission": permission, "role_name": role})))
+        .mount(&app.github)
+        .await;
+}
+
+/// (reactions, reply bodies) the bot posted.
+async fn said(app: &TestApp) -> (Vec<String>, Vec<String>) {
+    let requests = app.github.received_requests().await.unwrap();
+    let body = |r: &wiremock::Request, k: &str| r.body_json::<Value>().unwrap()[k].as_str().unwrap().to_owned();
+    let reactions =
+        requests.iter().filter(|r| r.url.path().ends_with("/reactions")).map(|r| body(r, "content")).collect();
+    let replies = requests
+        .iter()
+        .filter(|r| {
+            r.method.as_str() == "POST" && r.url.path().ends_with("/comments") && !r.url.path().contains("/comments/")
+        })
+        .map(|r| body(r, "body"))
+        .collect();
+    (reactions, replies)
+}
+
+async fn deployments_created(app: &TestApp) -> Vec<Value> {
+    app.github
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.method.as_str() == "POST" && r.url.path().ends_with("/deployments"))
+        .map(|r| r.body_json().unwrap())
+        .collect()
+}
+
+async fn github_creates_deployments(app: &TestApp) {
+    Mock::given(method("GET"))
+        .and(path(format!("/repos/{REPO}/deployments")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .mount(&app.github)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!("/repos/{REPO}/deployments")))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 900})))
+        .mount(&app.github)
+        .await;
+}
+
+#[tokio::test]
+async fn help_and_unknown_commands_answer_the_list_once() {
+    let app = app().await;
+    for text in [".help", ".frobnicate production"] {
+        let mut payload = comment(text, "octocat", false);
+        payload["comment"]["id"] = json!(fastrand::u32(..));
+        let event = deliver(&payload);
+        assert_eq!(app.send(&event).await.1["status"], "processed");
+        // The same delivery again: nothing more.
+        assert_eq!(app.send(&event).await.1["status"], "duplicate");
+    }
+    let (_, replies) = said(&app).await;
+    assert_eq!(replies.len(), 2);
+    assert!(replies.iter().all(|r| r.contains(".rollback <environment>")));
+}
+
+#[tokio::test]
+async fn bots_edits_and_plain_comments_are_ignored() {
+    let app = app().await;
+    let mut bot = comment(".status", "deploy-webhook[bot]", true);
+    bot["comment"]["user"]["type"] = json!("Bot");
+    let mut edited = comment(".status", "octocat", true);
+    edited["action"] = json!("edited");
+    for payload in [bot, edited, comment("thanks, looks good", "octocat", true)] {
+        let (status, body) = app.send(&deliver(&payload)).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("ignored")), "{body}");
+    }
+    assert!(app.github_calls().await.is_empty());
+}
+
+#[tokio::test]
+async fn without_write_permission_nothing_happens_but_a_reply() {
+    let app = app().await;
+    permission(&app, "visitor", "read", "triage").await;
+    let (status, body) = app.send(&deliver(&comment(".lock production", "visitor", true))).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("refused")), "{body}");
+    let (reactions, replies) = said(&app).await;
+    assert_eq!(reactions, ["confused"]);
+    assert!(replies[0].contains("needs write or admin permission"), "{replies:?}");
+    assert_eq!(app.environment("production").await, Value::Null, "no lock");
+}
+
+#[tokio::test]
+async fn lock_holds_deployments_of_others_and_unlock_releases_them() {
+    let app = app().await;
+    permission(&app, "alice", "write", "maintain").await;
+    let reason = "db migration @org/everyone **now** [x](https://evil)";
+    let (_, body) = app.send(&deliver(&comment(&format!(".lock production {reason}"), "alice", true))).await;
+    assert_eq!(body["status"], "processed", "{body}");
+    let env = app.environment("production").await;
+    assert_eq!(env["lock"]["holder"], "alice");
+    let (reactions, replies) = said(&app).await;
+    assert_eq!(reactions, ["eyes"]);
+    assert!(replies[0].starts_with("🔒 `production` is locked by @alice: "), "{}", replies[0]);
+    assert!(
+        !replies[0].contains("@org") && !replies[0].contains("**now**") && !replies[0].contains("]("),
+        "{}",
+        replies[0]
+    );
+
+    // A merge's deployment (by someone else) waits.
+    Mock::given(method("POST"))
+        .and(path_regex(r"/deployments/\d+/statuses$"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 1, "state": "queued"})))
+        .mount(&app.github)
+        .await;
+    let (_, body) =
+        app.send(&Event::github("deployment", &new_delivery_id(), &deployment_created(77, "production"))).await;
+    assert_eq!(body["status"], "queued", "{body}");
+    let statuses: Vec<Value> = app
+        .github
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path().ends_with("/77/statuses"))
+        .map(|r| r.body_json().unwrap())
+        .collect();
+    assert_eq!(statuses[0]["state"], "queued");
+    assert!(statuses[0]["description"].as_str().unwrap().starts_with("locked by @alice: db migration"));
+
+    // Someone else cannot take it over; .unlock starts the waiting deployment.
+    permission(&app, "bob", "admin", "admin").await;
+    let mut other = comment(".lock production mine", "bob", true);
+    other["comment"]["id"] = json!(COMMENT_ID + 1);
+    assert_eq!(app.send(&deliver(&other)).await.1["status"], "refused");
+    let mut unlock = comment(".unlock production", "bob", true);
+    unlock["comment"]["id"] = json!(COMMENT_ID + 2);
+    assert_eq!(app.send(&deliver(&unlock)).await.1["status"], "processed");
+    let env = app.environment("production").await;
+    assert!(env.get("lock").is_none(), "{env}");
+    assert_eq!(env["recent"][0]["id"], 77, "the waiting deployment ran: {env}");
+}
+
+#[tokio::test]
+async fn rollback_deploys_the_last_success_before_the_current_one() {
+    let app = app().await;
+    permission(&app, "alice", "write", "write").await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"/deployments/\d+/statuses$"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 1, "state": "success"})))
+        .mount(&app.github)
+        .await;
+    let shas = ["1111111111111111111111111111111111111111", "2222222222222222222222222222222222222222"];
+    for (i, sha) in shas.iter().enumerate() {
+        let mut d = deployment_created(60 + i as u64, "production");
+        d["deployment"]["sha"] = json!(sha);
+        d["deployment"]["created_at"] = json!(format!("2026-11-22T19:0{i}:00Z"));
+        assert_eq!(app.send(&Event::github("deployment", &new_delivery_id(), &d)).await.0, 200);
+    }
+    github_creates_deployments(&app).await;
+    let (_, body) = app.send(&deliver(&comment(".rollback production", "alice", false))).await;
+    assert_eq!(
+        (body["status"].as_str(), body["detail"]["deployment_id"].as_u64()),
+        (Some("processed"), Some(900)),
+        "{body}"
+    );
+    let created = deployments_created(&app).await;
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0]["ref"], shas[0]);
+    assert_eq!(created[0]["environment"], "production");
+    assert_eq!(created[0]["required_contexts"], json!([]));
+    assert_eq!(created[0]["payload"]["deploy_webhook"]["requested_by"], "alice");
+    let (reactions, replies) = said(&app).await;
+    assert_eq!(reactions, ["eyes", "rocket"]);
+    assert!(replies[0].contains("deployment #900"), "{replies:?}");
+}
+
+#[tokio::test]
+async fn branch_deploys_only_where_enabled_and_never_from_forks() {
+    let app = app().await;
+    permission(&app, "alice", "write", "write").await;
+    let head = "3333333333333333333333333333333333333333";
+    Mock::given(method("GET"))
+        .and(path(format!("/repos/{REPO}/pulls/7")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "state": "open", "head": {"sha": head, "ref": "feature", "repo": {"full_name": REPO}}
+        })))
+        .mount(&app.github)
+        .await;
+    github_creates_deployments(&app).await;
+    let (_, body) = app.send(&deliver(&comment(".deploy to production", "alice", true))).await;
+    assert_eq!(body["status"], "refused", "production is not a branch-deploy environment");
+    let mut ok = comment(".deploy to staging", "alice", true);
+    ok["comment"]["id"] = json!(COMMENT_ID + 1);
+    let (_, body) = app.send(&deliver(&ok)).await;
+    assert_eq!(body["status"], "processed", "{body}");
+    let created = deployments_created(&app).await;
+    assert_eq!((created.len(), created[0]["ref"].as_str()), (1, Some(head)));
+    assert_eq!(created[0]["payload"]["pull_request"]["number"], 7);
+
+    // From a fork: refused.
+    let fork = app_with_fork_pull().await;
+    let (_, body) = fork.send(&deliver(&comment(".deploy to staging", "alice", true))).await;
+    assert_eq!(body["status"], "refused");
+    assert!(said(&fork).await.1[0].contains("forks"));
+    assert!(deployments_created(&fork).await.is_empty());
+}
+
+async fn app_with_fork_pull() -> TestApp {
+    let app = app().await;
+    permission(&app, "alice", "write", "write").await;
+    Mock::given(method("GET"))
+        .and(path(format!("/repos/{REPO}/pulls/7")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "state": "open", "head": {"sha": "4444444444444444444444444444444444444444", "ref": "x", "repo": {"full_name": "mallory/Hello-World"}}
+        })))
+        .mount(&app.github)
+        .await;
+    app
+}
+
+#[tokio::test]
+async fn sha_deploys_need_the_setting_and_a_full_sha() {
+    let app = app().await;
+    permission(&app, "alice", "write", "write").await;
+    let sha = "5555555555555555555555555555555555555555";
+    let (_, body) = app.send(&deliver(&comment(&format!(".deploy {sha} to production"), "alice", false))).await;
+    assert_eq!(body["status"], "refused");
+    assert!(said(&app).await.1[0].contains("ALLOW_SHA_DEPLOYMENTS"));
+
+    let app = TestApp::builder().settings(|s| s.allow_sha_deployments = true).start().await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"/reactions$|/comments$"))
+        .respond_with(ResponseTemplate::new(201))
+        .mount(&app.github)
+        .await;
+    permission(&app, "alice", "write", "write").await;
+    github_creates_deployments(&app).await;
+    let (_, body) = app.send(&deliver(&comment(".deploy 5555 to production", "alice", false))).await;
+    assert_eq!(body["status"], "refused", "a short sha");
+    let mut full = comment(&format!(".deploy {sha} to production"), "alice", false);
+    full["comment"]["id"] = json!(COMMENT_ID + 1);
+    assert_eq!(app.send(&deliver(&full)).await.1["status"], "processed");
+    assert_eq!(deployments_created(&app).await[0]["ref"], sha);
+}
+
+#[tokio::test]
+async fn unknown_environments_are_refused_without_echoing_them() {
+    let app = app().await;
+    permission(&app, "alice", "write", "write").await;
+    let (_, body) = app.send(&deliver(&comment(".lock @everyone", "alice", false))).await;
+    assert_eq!(body["status"], "refused");
+    let reply = &said(&app).await.1[0];
+    assert!(reply.contains("Unknown environment") && !reply.contains("@everyone"), "{reply}");
+}
+
+#[tokio::test]
+async fn status_lists_every_environment() {
+    let app = app().await;
+    permission(&app, "alice", "write", "write").await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"/deployments/\d+/statuses$"))
+        .and(body_partial_json(json!({})))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 1, "state": "success"})))
+        .mount(&app.github)
+        .await;
+    let mut d = deployment_created(61, "production");
+    d["deployment"]["payload"] = json!({"pull_request": {"number": 12}});
+    app.send(&Event::github("deployment", &new_delivery_id(), &d)).await;
+    let (_, body) = app.send(&deliver(&comment(".status", "alice", false))).await;
+    assert_eq!(body["status"], "processed", "{body}");
+    let reply = &said(&app).await.1[0];
+    assert!(reply.contains("| `production` | `f95f852` (#12) | #61 success |"), "{reply}");
+    assert!(reply.contains("| `staging` |"), "{reply}");
+}
