@@ -468,7 +468,14 @@ mod tests {
         let evil = "@org/team **bold** [x](https://evil) <img src=x> `code`\n#1";
         let safe = escape(evil);
         assert!(!safe.contains("@o"), "{safe}");
-        assert!(!safe.contains("**") && !safe.contains("](") && !safe.contains("<img") && !safe.contains('\n'));
+        assert!(!safe.contains('\n'));
+        // Every markdown character is escaped.
+        let chars: Vec<char> = safe.chars().collect();
+        for (i, c) in chars.iter().enumerate() {
+            if "*[]()<>`#".contains(*c) {
+                assert_eq!(chars.get(i.wrapping_sub(1)), Some(&'\\'), "{safe}");
+            }
+        }
         assert_eq!(escape(&"a".repeat(500)).len(), 100);
         assert_eq!(login("bob<script>"), "bobscript");
     }
