@@ -129,6 +129,7 @@ pub fn build_handler(config: &Config, sdk: &SdkConfig) -> Result<Handler, InitEr
     settings.allow_sha_deployments = config.allow_sha_deployments;
     settings.chatops_permissions = config.chatops_permissions.clone();
     settings.required_contexts = config.required_contexts.clone();
+    settings.checks_wait = config.checks_wait;
     settings.github_html_url = html_url_of(&config.github_api_url);
     settings.redelivery_hooks = config.redeliver_hooks.clone();
     if matches!(config.github_auth, crate::github::auth::AuthConfig::App(_)) {

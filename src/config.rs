@@ -34,6 +34,8 @@ pub struct Config {
     pub chatops_permissions: Vec<String>,
     /// `DEPLOY_REQUIRED_CONTEXTS_<ENV>`: the checks a deployment there needs.
     pub required_contexts: HashMap<String, Vec<String>>,
+    /// `CHECKS_WAIT_MINUTES`: how long a merge waits for pending checks.
+    pub checks_wait: Duration,
     pub github_api_url: String,
     pub table: String,
     pub rules: DeployRules,
@@ -141,6 +143,10 @@ impl Config {
                 .collect::<Result<Vec<_>, _>>()?,
             None => Vec::new(),
         };
+        let checks_wait = match get("CHECKS_WAIT_MINUTES") {
+            Some(raw) => minutes("CHECKS_WAIT_MINUTES", raw)?,
+            None => Duration::from_secs(60 * 60),
+        };
         let allow_sha_deployments = match get("ALLOW_SHA_DEPLOYMENTS") {
             None | Some("false") => false,
             Some("true") => true,
@@ -228,6 +234,7 @@ impl Config {
             allow_sha_deployments,
             chatops_permissions,
             required_contexts,
+            checks_wait,
             github_api_url,
             table,
             rules,

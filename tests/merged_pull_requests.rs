@@ -404,8 +404,10 @@ async fn a_retry_after_a_crash_finds_the_deployment_instead_of_creating_another(
     let key =
         CreationKey { repo: RepoFullName::parse(REPO).unwrap(), pr_number: 2, environment: Environment::production() };
     let store = app.handler.service().store();
-    let claim =
-        store.claim_deployment_creation(&key, &Sha::parse(SHA).unwrap(), &delivery(), Duration::ZERO).await.unwrap();
+    let claim = store
+        .claim_deployment_creation(&key, &Sha::parse(SHA).unwrap(), &delivery(), false, Duration::ZERO)
+        .await
+        .unwrap();
     assert!(matches!(claim, Claim::Acquired(_, ())));
     tokio::time::sleep(Duration::from_millis(5)).await;
 
@@ -441,7 +443,7 @@ async fn a_live_claim_held_by_another_attempt_answers_409_in_progress() {
         CreationKey { repo: RepoFullName::parse(REPO).unwrap(), pr_number: 2, environment: Environment::production() };
     let store = app.handler.service().store();
     store
-        .claim_deployment_creation(&key, &Sha::parse(SHA).unwrap(), &delivery(), Duration::from_secs(60))
+        .claim_deployment_creation(&key, &Sha::parse(SHA).unwrap(), &delivery(), false, Duration::from_secs(60))
         .await
         .unwrap();
 

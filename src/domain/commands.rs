@@ -371,7 +371,14 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                         let why = format!("GitHub refused the deployment ({status}): {}", escape(&message));
                         return self.refuse(cmd, &why, deadline).await;
                     }
-                    CreationRecord::Superseded => return Ok(CommandResult::Refused),
+                    CreationRecord::Superseded | CreationRecord::WaitingForChecks => return Ok(CommandResult::Refused),
+                    CreationRecord::ChecksPending { contexts } => {
+                        let why = format!(
+                            "The required checks have not passed yet ({}); try again once they have.",
+                            escape(&contexts.join(", "))
+                        );
+                        return self.refuse(cmd, &why, deadline).await;
+                    }
                 }
             }
         };

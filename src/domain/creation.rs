@@ -42,22 +42,38 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         Ok(env.started.as_ref().is_some_and(|r| newer(&r.0)) || env.queue.iter().any(|q| newer(&q.rank.0)))
     }
 
-    async fn create_deployment(
+    /// Creates the deployment of one merge in one environment, once. `after_wait`: a retry for a
+    /// merge that waits for its checks (it may take the waiting claim).
+    pub(crate) async fn create_deployment(
         &self,
         delivery: &DeliveryId,
         pr: &MergedPullRequest,
         key: &CreationKey,
         deadline: Deadline,
     ) -> Result<EnvironmentResult, ServiceError> {
-        let lease =
-            match self.store.claim_deployment_creation(key, &pr.merge_sha, delivery, self.settings.lease).await? {
-                Claim::Acquired(lease, ()) => lease,
-                Claim::Done(record) => return Ok(already(record)),
-                Claim::Busy => match self.wait_for(deadline, || self.store.read_deployment_creation(key)).await? {
-                    Some(record) => return Ok(already(record)),
-                    None => return Err(ServiceError::InProgress),
-                },
-            };
+        self.create_deployment_once(delivery, pr, key, false, deadline).await
+    }
+
+    pub(crate) async fn create_deployment_once(
+        &self,
+        delivery: &DeliveryId,
+        pr: &MergedPullRequest,
+        key: &CreationKey,
+        after_wait: bool,
+        deadline: Deadline,
+    ) -> Result<EnvironmentResult, ServiceError> {
+        let lease = match self
+            .store
+            .claim_deployment_creation(key, &pr.merge_sha, delivery, after_wait, self.settings.lease)
+            .await?
+        {
+            Claim::Acquired(lease, ()) => lease,
+            Claim::Done(record) => return Ok(already(record)),
+            Claim::Busy => match self.wait_for(deadline, || self.store.read_deployment_creation(key)).await? {
+                Some(record) => return Ok(already(record)),
+                None => return Err(ServiceError::InProgress),
+            },
+        };
 
         match self.create_deployment_claimed(delivery, pr, key, &lease, deadline).await {
             Ok(result) => Ok(result),
@@ -98,7 +114,17 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
 
         let mut request = new_deployment(delivery, pr, key, &marker);
         request.required_contexts = self.settings.required_contexts.get(&key.environment.env_var_suffix()).cloned();
-        let record = self.github.create_deployment(&pr.repo, &request, deadline).await?;
+        let record = match self.github.create_deployment(&pr.repo, &request, deadline).await? {
+            CreationRecord::ChecksPending { contexts } => {
+                // Checks still running: wait for them (a `check_suite` or `status` event, or the
+                // sweep) instead of refusing the merge for good.
+                self.wait_for_checks(delivery, pr, &key.environment, &contexts).await?;
+                self.store.finish_deployment_creation(key, lease, &CreationRecord::WaitingForChecks).await?;
+                info!(environment = %key.environment, contexts = ?contexts, "checks pending: the merge waits for them");
+                return Ok(EnvironmentResult::WaitingForChecks { contexts });
+            }
+            record => record,
+        };
         self.store.finish_deployment_creation(key, lease, &record).await?;
         Ok(match record {
             CreationRecord::Created(id) => {
@@ -110,6 +136,8 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                 EnvironmentResult::Rejected { status, message }
             }
             CreationRecord::Superseded => EnvironmentResult::Superseded,
+            CreationRecord::ChecksPending { contexts } => EnvironmentResult::WaitingForChecks { contexts },
+            CreationRecord::WaitingForChecks => EnvironmentResult::WaitingForChecks { contexts: Vec::new() },
         })
     }
 }
@@ -119,6 +147,8 @@ fn already(record: CreationRecord) -> EnvironmentResult {
         CreationRecord::Created(id) => EnvironmentResult::AlreadyCreated(id),
         CreationRecord::Rejected { status, message } => EnvironmentResult::Rejected { status, message },
         CreationRecord::Superseded => EnvironmentResult::Superseded,
+        CreationRecord::ChecksPending { contexts } => EnvironmentResult::WaitingForChecks { contexts },
+        CreationRecord::WaitingForChecks => EnvironmentResult::WaitingForChecks { contexts: Vec::new() },
     }
 }
 

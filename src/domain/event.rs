@@ -14,6 +14,12 @@ pub enum WebhookEvent {
     DeploymentStatus(DeploymentStatusEvent),
     /// A new comment whose first line is a command (`.deploy`, `.lock`, …).
     Command(CommentCommand),
+    /// A check suite completed, or a commit status changed, on `sha`.
+    ChecksCompleted {
+        repo: RepoFullName,
+        sha: Sha,
+        installation: Option<u64>,
+    },
     /// An event or action we don't act on, with a short reason for the response.
     Ignored {
         reason: String,
@@ -28,6 +34,7 @@ impl WebhookEvent {
             Self::DeploymentCreated(e) => e.installation.map(|i| (&e.repo, i)),
             Self::DeploymentStatus(e) => e.installation.map(|i| (&e.repo, i)),
             Self::Command(e) => e.installation.map(|i| (&e.repo, i)),
+            Self::ChecksCompleted { repo, installation, .. } => installation.map(|i| (repo, i)),
             _ => None,
         }
     }
@@ -39,13 +46,14 @@ impl WebhookEvent {
             Self::DeploymentCreated(_) => "deployment",
             Self::DeploymentStatus(_) => "deployment_status",
             Self::Command(_) => "issue_comment",
+            Self::ChecksCompleted { .. } => "checks",
             Self::Ignored { .. } => "ignored",
         }
     }
 }
 
 /// A pull request that was merged: closed with `merged: true`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MergedPullRequest {
     /// The base repository (where the PR was merged), never the fork's.
     pub repo: RepoFullName,

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::deadline::Deadline;
 use super::event::StatusRecord;
+use super::gates::ChecksWait;
 use super::redelivery::RedeliveryState;
 use super::runs::{DeploymentToRun, EnvironmentState, RunResult};
 use super::types::{DeliveryId, DeploymentId, DeploymentState, Environment, RepoFullName, Sha};
@@ -59,6 +60,12 @@ pub enum CreationRecord {
     },
     /// A later merge was already deployed or queued in the environment: none was created.
     Superseded,
+    /// GitHub answered 409 and every required check that has not passed is still pending.
+    ChecksPending {
+        contexts: Vec<String>,
+    },
+    /// Recorded while the merge waits for its checks (`CHECKS_WAIT_MINUTES`).
+    WaitingForChecks,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,11 +91,14 @@ pub struct Versioned<T = EnvironmentState> {
 }
 
 pub trait Store: Send + Sync {
+    /// Claims a creation: absent, or its holder's lease ran out; with `after_wait`, also one
+    /// that waits for its checks.
     fn claim_deployment_creation(
         &self,
         key: &CreationKey,
         sha: &Sha,
         delivery: &DeliveryId,
+        after_wait: bool,
         lease_for: Duration,
     ) -> impl Future<Output = Result<Claim<CreationRecord>, StoreError>> + Send;
 
@@ -165,6 +175,28 @@ pub trait Store: Send + Sync {
         comment_id: u64,
         lease: &Lease,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The merges that wait for checks on `sha`.
+    fn load_checks_wait(
+        &self,
+        repo: &RepoFullName,
+        sha: &Sha,
+    ) -> impl Future<Output = Result<Versioned<ChecksWait>, StoreError>> + Send;
+
+    fn save_checks_wait(
+        &self,
+        repo: &RepoFullName,
+        sha: &Sha,
+        state: &ChecksWait,
+        expected: u64,
+    ) -> impl Future<Output = Result<Result<u64, Versioned<ChecksWait>>, StoreError>> + Send;
+
+    /// Commits whose waiting merges are due (a retry, or the end of the wait).
+    fn due_checks_waits(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(RepoFullName, Sha)>, StoreError>> + Send;
 
     /// What the redelivery sweep knows of one webhook's deliveries.
     fn load_redelivery(

@@ -48,6 +48,8 @@ pub struct SweepReport {
     pub failed: usize,
     /// Failed webhook deliveries asked again of GitHub.
     pub redelivery: super::redelivery::RedeliveryReport,
+    /// Commits whose merges wait for checks, looked at again.
+    pub checks_waits: usize,
 }
 
 impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
@@ -133,6 +135,10 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         let now = self.clock.now_ms();
         let due = self.store.due_environments(now, 50).await?;
         let mut report = SweepReport { due: due.len(), redelivery, ..Default::default() };
+        match self.sweep_checks_waits(deadline).await {
+            Ok(n) => report.checks_waits = n,
+            Err(err) => warn!(error = %err, "could not look at merges waiting for checks; the next sweep does"),
+        }
         for (key, current) in due {
             if deadline.remaining() < HOOK_RESERVE + STEP_RESERVE {
                 warn!("the sweep ran out of time; the next one goes on");

@@ -46,6 +46,8 @@ pub struct ServiceSettings {
     pub required_contexts: std::collections::HashMap<String, Vec<String>>,
     /// The web address of the GitHub the API belongs to, for links in replies.
     pub github_html_url: String,
+    /// `CHECKS_WAIT_MINUTES`: how long a merge waits for pending checks before it is rejected.
+    pub checks_wait: Duration,
 }
 
 impl ServiceSettings {
@@ -66,6 +68,7 @@ impl ServiceSettings {
             chatops_permissions: vec!["write".to_owned(), "admin".to_owned()],
             required_contexts: Default::default(),
             github_html_url: "https://github.com".to_owned(),
+            checks_wait: Duration::from_secs(60 * 60),
         }
     }
 
@@ -107,6 +110,12 @@ pub enum Outcome {
         comment_id: u64,
         result: CommandResult,
     },
+    /// Checks completed on a commit that merges wait for.
+    ChecksChecked {
+        created: usize,
+        rejected: usize,
+        waiting: usize,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -120,6 +129,10 @@ pub enum EnvironmentResult {
     },
     /// A later merge is already deployed or queued there: this one is not deployed.
     Superseded,
+    /// Its required checks are still pending: it is created when they pass.
+    WaitingForChecks {
+        contexts: Vec<String>,
+    },
 }
 
 impl Outcome {
@@ -134,6 +147,8 @@ impl Outcome {
                     "rejected"
                 } else if all(|r| matches!(r, EnvironmentResult::Superseded)) {
                     "superseded"
+                } else if all(|r| matches!(r, EnvironmentResult::WaitingForChecks { .. })) {
+                    "waiting"
                 } else if all(|r| matches!(r, EnvironmentResult::AlreadyCreated(_))) {
                     "duplicate"
                 } else {
@@ -152,6 +167,8 @@ impl Outcome {
             Self::Callback { verdict: Verdict::AlreadyFinal { .. }, .. } => "already_final",
             Self::Callback { .. } => "accepted",
             Self::Command { result, .. } => result.word(),
+            Self::ChecksChecked { created: 0, rejected: 0, waiting: 0 } => "ignored",
+            Self::ChecksChecked { .. } => "processed",
         }
     }
 
@@ -166,6 +183,7 @@ impl Outcome {
                     EnvironmentResult::AlreadyCreated(id) => json!({"environment": env.as_str(), "result": "already_created", "deployment_id": id.0}),
                     EnvironmentResult::Rejected { status, message } => json!({"environment": env.as_str(), "result": "rejected", "github_status": status, "message": message}),
                     EnvironmentResult::Superseded => json!({"environment": env.as_str(), "result": "superseded"}),
+                    EnvironmentResult::WaitingForChecks { contexts } => json!({"environment": env.as_str(), "result": "waiting_for_checks", "contexts": contexts}),
                 }).collect::<Vec<_>>()
             }),
             Self::Deployment { id, verdict, state } => {
@@ -178,6 +196,9 @@ impl Outcome {
                 detail
             }
             Self::StatusRecorded { id, state, .. } => json!({ "deployment_id": id.0, "state": state.as_str() }),
+            Self::ChecksChecked { created, rejected, waiting } => {
+                json!({ "created": created, "rejected": rejected, "waiting": waiting })
+            }
             Self::Command { comment_id, result } => match result {
                 CommandResult::Deployed(id) => json!({ "comment_id": comment_id, "deployment_id": id.0 }),
                 CommandResult::Duplicate(recorded) => json!({ "comment_id": comment_id, "recorded": recorded }),
@@ -263,6 +284,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             }
             WebhookEvent::DeploymentStatus(s) => self.record_status(&s, deadline).await,
             WebhookEvent::Command(c) => self.run_command(&delivery.id, &c, deadline).await,
+            WebhookEvent::ChecksCompleted { repo, sha, .. } => self.checks_completed(&repo, &sha, deadline).await,
         }
     }
 

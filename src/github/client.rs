@@ -349,6 +349,37 @@ async fn github_message(resp: Response) -> String {
     crate::domain::types::truncate_chars(&message, 300)
 }
 
+/// A 409 on a deployment: when every check that has not passed is still pending, the deployment
+/// can wait for them; otherwise it is refused, naming the checks that failed.
+fn conflict_record(text: &str) -> CreationRecord {
+    #[derive(Deserialize)]
+    struct Body {
+        message: Option<String>,
+        #[serde(default)]
+        errors: Vec<ErrorItem>,
+    }
+    #[derive(Deserialize)]
+    struct ErrorItem {
+        #[serde(default)]
+        contexts: Vec<Context>,
+    }
+    #[derive(Deserialize)]
+    struct Context {
+        context: String,
+        state: String,
+    }
+    let body: Option<Body> = serde_json::from_str(text).ok();
+    let message = body.as_ref().and_then(|b| b.message.clone()).unwrap_or_else(|| "Conflict".to_owned());
+    let contexts: Vec<&Context> = body.iter().flat_map(|b| &b.errors).flat_map(|e| &e.contexts).collect();
+    let not_passed: Vec<&&Context> = contexts.iter().filter(|c| c.state != "success").collect();
+    if !not_passed.is_empty() && not_passed.iter().all(|c| c.state == "pending") {
+        return CreationRecord::ChecksPending { contexts: not_passed.iter().map(|c| c.context.clone()).collect() };
+    }
+    let failed: Vec<&str> = not_passed.iter().map(|c| c.context.as_str()).collect();
+    let message = if failed.is_empty() { message } else { format!("{message} Failed checks: {}", failed.join(", ")) };
+    CreationRecord::Rejected { status: 409, message: crate::domain::types::truncate_chars(&message, 300) }
+}
+
 #[derive(Deserialize)]
 struct DeploymentBody {
     id: u64,
@@ -658,8 +689,13 @@ impl GitHub for GitHubClient {
                         let created: DeploymentBody = read_json(resp).await?;
                         Ok(Step::Done(CreationRecord::Created(DeploymentId(created.id))))
                     }
-                    // 409: required status checks failed or a merge conflict; 422: validation.
-                    status @ (StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY) => {
+                    // 409: required status checks not passed (yet), or a merge conflict.
+                    StatusCode::CONFLICT => {
+                        let text = resp.text().await.unwrap_or_default();
+                        Ok(Step::Done(conflict_record(&text)))
+                    }
+                    // 422: validation.
+                    status @ StatusCode::UNPROCESSABLE_ENTITY => {
                         let message = github_message(resp).await;
                         Ok(Step::Done(CreationRecord::Rejected { status: status.as_u16(), message }))
                     }
@@ -786,6 +822,23 @@ mod tests {
 
         // A plain 403 (no permission) is not a rate limit.
         assert_eq!(rate_limit_wait(StatusCode::FORBIDDEN, &HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_409_waits_only_when_every_unpassed_check_is_pending() {
+        let pending = r#"{"message":"Conflict: Commit status checks failed for main.","errors":[{"contexts":[{"context":"ci/build","state":"pending"},{"context":"ci/lint","state":"success"}],"resource":"Deployment","field":"required_contexts","code":"invalid"}]}"#;
+        assert_eq!(conflict_record(pending), CreationRecord::ChecksPending { contexts: vec!["ci/build".into()] });
+        let failed = pending.replace(r#""state":"success""#, r#""state":"failure""#);
+        match conflict_record(&failed) {
+            CreationRecord::Rejected { status: 409, message } => {
+                assert!(message.ends_with("Failed checks: ci/build, ci/lint"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            conflict_record(r#"{"message":"Conflict: merge conflict"}"#),
+            CreationRecord::Rejected { .. }
+        ));
     }
 
     #[test]

@@ -97,6 +97,35 @@ struct DeploymentRef {
 }
 
 #[derive(Deserialize)]
+struct CheckSuiteEvent {
+    action: String,
+    check_suite: CheckSuite,
+    repository: Repository,
+    installation: Option<Installation>,
+}
+
+#[derive(Deserialize)]
+struct CheckSuite {
+    head_sha: String,
+}
+
+#[derive(Deserialize)]
+struct StatusEvent {
+    sha: String,
+    state: String,
+    repository: Repository,
+    installation: Option<Installation>,
+}
+
+fn checks(repository: Repository, sha: &str, installation: Option<Installation>) -> Result<WebhookEvent, InvalidValue> {
+    Ok(WebhookEvent::ChecksCompleted {
+        repo: RepoFullName::parse(&repository.full_name)?,
+        sha: Sha::parse(sha)?,
+        installation: installation.map(|i| i.id),
+    })
+}
+
+#[derive(Deserialize)]
 struct IssueCommentEvent {
     action: String,
     comment: Comment,
@@ -150,6 +179,20 @@ pub fn parse_event(event: &str, json: &[u8]) -> Result<WebhookEvent, EventError>
         "deployment" => {
             let e: DeploymentEvent = serde_json::from_slice(json).map_err(bad_json)?;
             deployment(e).map_err(bad_value)
+        }
+        "check_suite" => {
+            let e: CheckSuiteEvent = serde_json::from_slice(json).map_err(bad_json)?;
+            if e.action != "completed" {
+                return Ok(WebhookEvent::Ignored { reason: format!("check_suite action {} is not handled", e.action) });
+            }
+            checks(e.repository, &e.check_suite.head_sha, e.installation).map_err(bad_value)
+        }
+        "status" => {
+            let e: StatusEvent = serde_json::from_slice(json).map_err(bad_json)?;
+            if e.state == "pending" {
+                return Ok(WebhookEvent::Ignored { reason: "commit status still pending".to_owned() });
+            }
+            checks(e.repository, &e.sha, e.installation).map_err(bad_value)
         }
         "issue_comment" => {
             let e: IssueCommentEvent = serde_json::from_slice(json).map_err(bad_json)?;

@@ -23,6 +23,7 @@ fn creation_record(item: &Item) -> Result<Option<CreationRecord>, StoreError> {
             message: get_s(item, "message").unwrap_or_default().to_owned(),
         })),
         Some("superseded") => Ok(Some(CreationRecord::Superseded)),
+        Some("waiting") => Ok(Some(CreationRecord::WaitingForChecks)),
         _ => Ok(None),
     }
 }
@@ -33,9 +34,15 @@ impl DynamoStore {
         key: &CreationKey,
         sha: &Sha,
         delivery: &DeliveryId,
+        after_wait: bool,
         lease_for: Duration,
     ) -> Result<Claim<CreationRecord>, StoreError> {
         let (pk, sk) = creation_key(key);
+        let condition = if after_wait {
+            "attribute_not_exists(pk) OR (#state = :creating AND lease_until < :now) OR #state = :waiting"
+        } else {
+            "attribute_not_exists(pk) OR (#state = :creating AND lease_until < :now)"
+        };
         let (now, token) = (now_ms(), new_token());
         let update = self
             .update(pk, sk)
@@ -44,7 +51,7 @@ impl DynamoStore {
                  pr_number = :pr, environment = :env, repository = :repo, delivery = :delivery, \
                  updated_at = :iso, kind = :kind ADD attempts :one",
             )
-            .condition_expression("attribute_not_exists(pk) OR (#state = :creating AND lease_until < :now)")
+            .condition_expression(condition)
             .expression_attribute_names("#state", "state")
             .expression_attribute_values(":creating", s("creating"))
             .expression_attribute_values(":token", s(&token))
@@ -58,6 +65,7 @@ impl DynamoStore {
             .expression_attribute_values(":iso", s(now_iso()))
             .expression_attribute_values(":kind", s("deployment_creation"))
             .expression_attribute_values(":one", n(1));
+        let update = if after_wait { update.expression_attribute_values(":waiting", s("waiting")) } else { update };
         Ok(match self.claim(update).await? {
             Ok(item) => Claim::Acquired(lease_from(&item, token, "attempts"), ()),
             Err(Some(old)) => match creation_record(&old)? {
@@ -107,6 +115,9 @@ impl DynamoStore {
             CreationRecord::Superseded => update
                 .update_expression("SET #state = :superseded, updated_at = :iso REMOVE lease_token, lease_until")
                 .expression_attribute_values(":superseded", s("superseded")),
+            CreationRecord::WaitingForChecks | CreationRecord::ChecksPending { .. } => update
+                .update_expression("SET #state = :waiting, updated_at = :iso REMOVE lease_token, lease_until")
+                .expression_attribute_values(":waiting", s("waiting")),
         };
         self.guarded(update, "finish deployment creation").await.map(drop)
     }

@@ -10,10 +10,11 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailur
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::domain::gates::ChecksWait;
 use crate::domain::ports::{EnvKey, HookRef, StoreError, Versioned};
 use crate::domain::redelivery::RedeliveryState;
 use crate::domain::runs::EnvironmentState;
-use crate::domain::types::{Environment, RepoFullName};
+use crate::domain::types::{Environment, RepoFullName, Sha};
 
 use super::{DynamoStore, Item, corrupt, get_n, get_s, n, now_iso, s, unavailable};
 
@@ -23,6 +24,10 @@ pub const DUE_INDEX: &str = "due";
 
 fn environment_key(key: &EnvKey) -> (String, String) {
     (format!("REPO#{}", key.repo.key()), format!("ENV#{}", key.environment))
+}
+
+fn checks_wait_key(repo: &RepoFullName, sha: &Sha) -> (String, String) {
+    (format!("REPO#{}", repo.key()), format!("WAIT#{sha}"))
 }
 
 fn redelivery_key(hook: &HookRef) -> (String, String) {
@@ -128,8 +133,10 @@ impl DynamoStore {
             .table_name(&self.table)
             .index_name(DUE_INDEX)
             .key_condition_expression("due_pk = :due AND due_at <= :now")
+            .filter_expression("kind = :kind")
             .expression_attribute_values(":due", AttributeValue::S(DUE_PARTITION.to_owned()))
             .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":kind", s("environment"))
             .limit(limit.min(1000) as i32)
             .send()
             .await
@@ -137,6 +144,60 @@ impl DynamoStore {
         // The index is eventually consistent: a stale copy only costs a failed conditional write,
         // which returns the fresh item.
         out.items.unwrap_or_default().iter().map(|item| Ok((env_key_of(item)?, versioned(item)?))).collect()
+    }
+
+    pub(super) async fn load_checks_wait_doc(
+        &self,
+        repo: &RepoFullName,
+        sha: &Sha,
+    ) -> Result<Versioned<ChecksWait>, StoreError> {
+        let (pk, sk) = checks_wait_key(repo, sha);
+        self.load_doc(pk, sk).await
+    }
+
+    pub(super) async fn save_checks_wait_doc(
+        &self,
+        repo: &RepoFullName,
+        sha: &Sha,
+        state: &ChecksWait,
+        expected: u64,
+    ) -> Result<Result<u64, Versioned<ChecksWait>>, StoreError> {
+        let mut attributes =
+            vec![("kind", s("checks_wait")), ("repository", s(repo.as_str())), ("sha", s(sha.as_str()))];
+        if let Some(due) = state.due_at() {
+            attributes.extend([("due_pk", s(DUE_PARTITION)), ("due_at", n(due))]);
+        }
+        self.save_doc(checks_wait_key(repo, sha), state, attributes, expected).await
+    }
+
+    pub(super) async fn due_checks_wait_docs(
+        &self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(RepoFullName, Sha)>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(DUE_INDEX)
+            .key_condition_expression("due_pk = :due AND due_at <= :now")
+            .filter_expression("kind = :kind")
+            .expression_attribute_values(":due", AttributeValue::S(DUE_PARTITION.to_owned()))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":kind", s("checks_wait"))
+            .limit(limit.min(1000) as i32)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        out.items
+            .unwrap_or_default()
+            .iter()
+            .map(|item| {
+                let repo = get_s(item, "repository").and_then(|r| RepoFullName::parse(r).ok());
+                let sha = get_s(item, "sha").and_then(|r| Sha::parse(r).ok());
+                repo.zip(sha).ok_or_else(|| corrupt("checks wait item without repository or sha"))
+            })
+            .collect()
     }
 
     pub(super) async fn load_redelivery_doc(&self, hook: &HookRef) -> Result<Versioned<RedeliveryState>, StoreError> {

@@ -29,6 +29,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditi
 use tracing::warn;
 
 use crate::domain::StatusRecord;
+use crate::domain::gates::ChecksWait;
 use crate::domain::ports::{Claim, CreationKey, CreationRecord, EnvKey, HookRef, Lease, Store, StoreError, Versioned};
 use crate::domain::redelivery::RedeliveryState;
 use crate::domain::runs::EnvironmentState;
@@ -158,9 +159,28 @@ impl Store for DynamoStore {
         key: &CreationKey,
         sha: &Sha,
         delivery: &DeliveryId,
+        after_wait: bool,
         lease_for: Duration,
     ) -> Result<Claim<CreationRecord>, StoreError> {
-        self.claim_creation(key, sha, delivery, lease_for).await
+        self.claim_creation(key, sha, delivery, after_wait, lease_for).await
+    }
+
+    async fn load_checks_wait(&self, repo: &RepoFullName, sha: &Sha) -> Result<Versioned<ChecksWait>, StoreError> {
+        self.load_checks_wait_doc(repo, sha).await
+    }
+
+    async fn save_checks_wait(
+        &self,
+        repo: &RepoFullName,
+        sha: &Sha,
+        state: &ChecksWait,
+        expected: u64,
+    ) -> Result<Result<u64, Versioned<ChecksWait>>, StoreError> {
+        self.save_checks_wait_doc(repo, sha, state, expected).await
+    }
+
+    async fn due_checks_waits(&self, now_ms: u64, limit: usize) -> Result<Vec<(RepoFullName, Sha)>, StoreError> {
+        self.due_checks_wait_docs(now_ms, limit).await
     }
 
     async fn read_deployment_creation(&self, key: &CreationKey) -> Result<Option<CreationRecord>, StoreError> {
