@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime};
 use common::*;
 use deploy_webhook::deploy::hook::{DeployTargets, HookDeployer};
 use deploy_webhook::domain::ports::{Claim, CreationKey, CreationRecord, EnvKey, Lease, Store, StoreError, Versioned};
-use deploy_webhook::domain::runs::EnvironmentState;
+use deploy_webhook::domain::runs::{EnvironmentState, Phase};
 use deploy_webhook::domain::types::{DeliveryId, DeploymentId, Environment, RepoFullName, Sha};
 use deploy_webhook::domain::{DeployRules, Service, ServiceSettings, StatusRecord};
 use deploy_webhook::github::client::{GitHubClient, RetryPolicy, http_client};
@@ -85,6 +85,7 @@ struct FakeDeployment {
     marker: Option<String>,
     /// (status id, state); status ids grow with every status GitHub accepts: the global order.
     statuses: Vec<(u64, String)>,
+    log: Vec<String>,
 }
 
 fn is_terminal(state: &str) -> bool {
@@ -102,6 +103,8 @@ struct FaultyGitHub {
     state: Shared<GitHubState>,
     rng: Shared<fastrand::Rng>,
     faults_on: Arc<AtomicBool>,
+    /// Faults for the next requests, in order, before the random ones (for scripted scenarios).
+    script: Shared<std::collections::VecDeque<Fault>>,
 }
 
 enum Fault {
@@ -114,14 +117,17 @@ enum Fault {
 
 impl FaultyGitHub {
     fn pick_fault(&self) -> Fault {
+        if let Some(fault) = self.script.lock().unwrap().pop_front() {
+            return fault;
+        }
         if !self.faults_on.load(Ordering::Relaxed) {
             return Fault::None;
         }
         match self.rng.lock().unwrap().u32(0..100) {
-            0..=7 => Fault::BadGateway,
-            8..=11 => Fault::AppliedThen500,
-            12..=15 => Fault::AppliedThenTimeout,
-            16..=17 => Fault::RateLimited,
+            0..=6 => Fault::BadGateway,
+            7..=12 => Fault::AppliedThen500,
+            13..=16 => Fault::AppliedThenTimeout,
+            17..=21 => Fault::RateLimited,
             _ => Fault::None,
         }
     }
@@ -146,6 +152,23 @@ impl Respond for FaultyGitHub {
         let repo = format!("{}/{}", parts[1], parts[2]);
         let fault = self.pick_fault();
         let mut state = self.state.lock().unwrap();
+        // Each deployment's requests, with the fault each met, to explain a violation.
+        if parts.len() == 6 {
+            let id: u64 = parts[4].parse().unwrap_or(0);
+            let posted = serde_json::from_slice::<Value>(&request.body).ok().map(|b| b["state"].clone());
+            let what = match fault {
+                Fault::None => "ok",
+                Fault::BadGateway => "502, not applied",
+                Fault::RateLimited => "403 rate limited, not applied",
+                Fault::AppliedThen500 => "applied, then 500",
+                Fault::AppliedThenTimeout => "applied, then no answer in time",
+            };
+            let seq = state.next_id;
+            if let Some(d) = state.deployments.get_mut(&id) {
+                let posted = posted.map(|p| format!(" {p}")).unwrap_or_default();
+                d.log.push(format!("@{seq} {}{posted} → {what}", request.method));
+            }
+        }
         let count = |state: &mut GitHubState, name: &'static str| *state.faults.entry(name).or_default() += 1;
         match fault {
             Fault::BadGateway => {
@@ -203,6 +226,7 @@ impl Respond for FaultyGitHub {
                             .and_then(Value::as_str)
                             .map(str::to_owned),
                         statuses: Vec::new(),
+                        log: Vec::new(),
                     },
                 );
                 let mut event = deployment_created(id, &environment);
@@ -418,8 +442,13 @@ impl Store for CrashingStore {
         state: &EnvironmentState,
         expected: u64,
     ) -> Result<Result<u64, Versioned>, StoreError> {
-        // Between a status post or a hook call and the state write that records it.
-        if self.draw(8) {
+        // Between a status post or a hook call and the state write that records it; more often
+        // right after the hook answered 202 or the result was posted, the costliest moments.
+        let after_effect = state
+            .running
+            .as_ref()
+            .is_some_and(|r| matches!(r.phase, Phase::Awaiting | Phase::Finishing { external: true, .. }));
+        if self.draw(if after_effect { 25 } else { 8 }) {
             self.save_deaths.fetch_add(1, Ordering::Relaxed);
             std::future::pending::<()>().await;
         }
@@ -617,7 +646,12 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
     let github_state: Shared<GitHubState> = Arc::default();
     let github = MockServer::start().await;
     Mock::given(any())
-        .respond_with(FaultyGitHub { state: github_state.clone(), rng: rng.clone(), faults_on: faults_on.clone() })
+        .respond_with(FaultyGitHub {
+            state: github_state.clone(),
+            rng: rng.clone(),
+            faults_on: faults_on.clone(),
+            script: Arc::default(),
+        })
         .mount(&github)
         .await;
     let hook_state: Shared<HookState> = Arc::default();
@@ -934,7 +968,11 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
                     }
                 }
                 Ok(Err(_)) => {}
-                Err(_) => sweeps_died += 1,
+                Err(_) => {
+                    // Its lease runs out by the next gap, whose sweeps take over.
+                    sweeps_died += 1;
+                    break;
+                }
             }
         }
 
@@ -993,6 +1031,7 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
 
     // Exactly one terminal state per deployment, nothing after it; the runs it makes.
     let (mut not_one_terminal, mut after_terminal) = (0, 0);
+    let mut suspects: Vec<u64> = Vec::new();
     let mut terminal_counts: BTreeMap<String, u64> = BTreeMap::new();
     let mut runs: HashMap<(String, String), Vec<RunSpan>> = HashMap::new();
     for (id, d) in &gh.deployments {
@@ -1000,6 +1039,7 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
         let terminals: Vec<&(u64, String)> = d.statuses.iter().filter(|(_, s)| is_terminal(s)).collect();
         if terminals.len() != 1 {
             not_one_terminal += 1;
+            suspects.push(*id);
             violations.push(format!(
                 "deployment {id} ({}/{}) has {} terminal statuses: {states:?}",
                 d.repo,
@@ -1011,6 +1051,7 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
             terminal_counts.entry(d.statuses[first_terminal].1.clone()).and_modify(|c| *c += 1).or_insert(1);
             if first_terminal + 1 < d.statuses.len() {
                 after_terminal += 1;
+                suspects.push(*id);
                 violations.push(format!("deployment {id}: statuses after the terminal one: {states:?}"));
             }
         }
@@ -1111,6 +1152,14 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
     println!("  environments left with work   {}", left.len());
     println!("  violations                    {}", violations.len());
 
+    suspects.dedup();
+    for id in suspects {
+        let d = &gh.deployments[&id];
+        println!("deployment {id} ({}/{} {}): statuses {:?}", d.repo, d.environment, &d.sha[..7], d.statuses);
+        for line in &d.log {
+            println!("    {line}");
+        }
+    }
     assert!(violations.is_empty(), "violations (replay with CHAOS_SEED={seed}): {violations:#?}");
     assert!(non_2xx > 0, "the faults never bit: this run proved nothing");
     assert!(run_count > 0);
@@ -1138,4 +1187,60 @@ async fn environments_with_work(dynamo: &aws_sdk_dynamodb::Client, table: &str) 
         }
     }
     left
+}
+
+/// A scripted replay of what the chaos run found: a status post that GitHub applied but answered
+/// 500, whose check ("was it applied?") is then rate-limited until the step gives up. The step's
+/// failure releases the lease without marking it for reconciliation, so the sweep posts the same
+/// status again: here a second `success` after the first. Ignored while that is so (it fails);
+/// run it with `cargo test --test chaos -- --ignored`.
+#[tokio::test]
+#[ignore = "fails: a step that failed after an ambiguous post is retried without reconciling (see its doc)"]
+async fn an_applied_status_whose_answer_was_lost_is_not_posted_again() {
+    let app = TestApp::builder().settings(|s| s.retry_after = Duration::from_secs(1)).start().await;
+    let state: Shared<GitHubState> = Arc::default();
+    let id = 145988746;
+    state.lock().unwrap().deployments.insert(
+        id,
+        FakeDeployment {
+            repo: REPO.to_owned(),
+            sha: "f95f852bd8fca8fcc58a9a2d6c842781e32a215e".to_owned(),
+            environment: "production".to_owned(),
+            marker: None,
+            statuses: Vec::new(),
+            log: Vec::new(),
+        },
+    );
+    // in_progress: fine; success: applied, then 500; every check after it: rate limited.
+    let script = std::collections::VecDeque::from([
+        Fault::None,
+        Fault::AppliedThen500,
+        Fault::RateLimited,
+        Fault::RateLimited,
+        Fault::RateLimited,
+        Fault::RateLimited,
+    ]);
+    Mock::given(any())
+        .respond_with(FaultyGitHub {
+            state: state.clone(),
+            rng: Arc::new(Mutex::new(fastrand::Rng::with_seed(1))),
+            faults_on: Arc::new(AtomicBool::new(false)),
+            script: Arc::new(Mutex::new(script)),
+        })
+        .mount(&app.github)
+        .await;
+
+    let (status, body) =
+        app.send(&Event::github("deployment", &new_delivery_id(), &deployment_created(id, "production"))).await;
+    println!("deployment event: {status} {body}");
+    app.clock.advance(Duration::from_secs(5));
+    let report = app.sweep().await;
+    println!("sweep: {report:?}");
+    let d = &state.lock().unwrap().deployments[&id];
+    println!("statuses {:?}", d.statuses);
+    for line in &d.log {
+        println!("    {line}");
+    }
+    let states: Vec<&str> = d.statuses.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(states, ["in_progress", "success"], "one terminal status, nothing after it");
 }
