@@ -114,12 +114,14 @@ pub fn build_handler(config: &Config, sdk: &SdkConfig) -> Result<Handler, InitEr
     let http = http_client_trusting(&config.extra_ca_certs)?;
     let auth = Arc::new(GitHubAuth::new(config.github_auth.clone(), Arc::new(SystemClock)));
     let github = GitHubClient::with_auth(http.clone(), &config.github_api_url, auth, RetryPolicy::default());
+    let html_url = html_url_of(&config.github_api_url);
     let deployer = HookDeployer::new(
         http,
         config.deploy_targets.clone(),
         config.webhook_secrets.clone(),
         config.deploy_hook_timeout,
-    );
+    )
+    .with_slack(config.slack.clone(), &html_url);
     let mut settings = ServiceSettings::new(config.rules.clone());
     settings.run_timeout = config.deploy_timeout;
     settings.run_timeouts = config.deploy_timeouts.clone();
@@ -130,7 +132,7 @@ pub fn build_handler(config: &Config, sdk: &SdkConfig) -> Result<Handler, InitEr
     settings.chatops_permissions = config.chatops_permissions.clone();
     settings.required_contexts = config.required_contexts.clone();
     settings.checks_wait = config.checks_wait;
-    settings.github_html_url = html_url_of(&config.github_api_url);
+    settings.github_html_url = html_url;
     settings.redelivery_hooks = config.redeliver_hooks.clone();
     if matches!(config.github_auth, crate::github::auth::AuthConfig::App(_)) {
         settings.redelivery_hooks.insert(0, crate::domain::ports::HookRef::App);

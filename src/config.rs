@@ -36,6 +36,8 @@ pub struct Config {
     pub required_contexts: HashMap<String, Vec<String>>,
     /// `CHECKS_WAIT_MINUTES`: how long a merge waits for pending checks.
     pub checks_wait: Duration,
+    /// `SLACK_WEBHOOK_URL`, `SLACK_WEBHOOK_URL_<ENV>`.
+    pub slack: crate::deploy::slack::SlackTargets,
     pub github_api_url: String,
     pub table: String,
     pub rules: DeployRules,
@@ -188,6 +190,7 @@ impl Config {
         let mut deploy_targets = DeployTargets::default();
         let mut deploy_timeouts = HashMap::new();
         let mut required_contexts = HashMap::new();
+        let mut slack = crate::deploy::slack::SlackTargets::default();
         for (name, value) in &vars {
             let value = value.trim();
             if value.is_empty() {
@@ -201,6 +204,10 @@ impl Config {
                 deploy_targets.default_environment_url = Some(http_url(name, value)?);
             } else if let Some(env) = name.strip_prefix("ENVIRONMENT_URL_") {
                 deploy_targets.environment_urls.insert(env.to_owned(), http_url(name, value)?);
+            } else if name == "SLACK_WEBHOOK_URL" {
+                slack.default_url = Some(http_url(name, value)?);
+            } else if let Some(env) = name.strip_prefix("SLACK_WEBHOOK_URL_") {
+                slack.urls.insert(env.to_owned(), http_url(name, value)?);
             } else if let Some(env) = name.strip_prefix("DEPLOY_REQUIRED_CONTEXTS_") {
                 let contexts = value.split(',').map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned).collect();
                 required_contexts.insert(env.to_owned(), contexts);
@@ -235,6 +242,7 @@ impl Config {
             chatops_permissions,
             required_contexts,
             checks_wait,
+            slack,
             github_api_url,
             table,
             rules,

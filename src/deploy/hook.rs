@@ -18,8 +18,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::deploy::slack::{self, SlackTargets};
 use crate::domain::Deadline;
-use crate::domain::ports::{DeployAction, HookAnswer, HookCall};
+use crate::domain::ports::{Announcement, DeployAction, HookAnswer, HookCall};
 use crate::domain::runs::RunResult;
 use crate::domain::types::{DeploymentState, Environment};
 use crate::http::signature::WebhookSecrets;
@@ -52,6 +53,8 @@ pub struct HookDeployer {
     targets: DeployTargets,
     secrets: WebhookSecrets,
     timeout: Duration,
+    slack: SlackTargets,
+    html_url: String,
 }
 
 /// What a delivery keeps for itself after the hook answers: time to post the final status.
@@ -60,7 +63,14 @@ const AFTER_HOOK_RESERVE: Duration = Duration::from_millis(1500);
 impl HookDeployer {
     /// `http` is the process's shared client ([`crate::github::client::http_client`]).
     pub fn new(http: Client, targets: DeployTargets, secrets: WebhookSecrets, timeout: Duration) -> Self {
-        Self { http, targets, secrets, timeout }
+        Self { http, targets, secrets, timeout, slack: SlackTargets::default(), html_url: "https://github.com".into() }
+    }
+
+    /// Also posts Slack notices (`SLACK_WEBHOOK_URL[_<ENV>]`), with links to `html_url`.
+    pub fn with_slack(mut self, slack: SlackTargets, html_url: &str) -> Self {
+        self.slack = slack;
+        self.html_url = html_url.trim_end_matches('/').to_owned();
+        self
     }
 
     /// How long the hook may take: the setting, cut to what is left of the delivery's budget
@@ -93,6 +103,12 @@ fn finished(
 }
 
 impl DeployAction for HookDeployer {
+    async fn announce(&self, announcement: &Announcement<'_>) {
+        if let Some(url) = self.slack.url_for(announcement.environment) {
+            slack::post(&self.http, url, slack::text(announcement, &self.html_url)).await;
+        }
+    }
+
     fn configured_for(&self, environment: &Environment) -> bool {
         self.targets.hooks.contains_key(&environment.env_var_suffix())
     }

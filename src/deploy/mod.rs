@@ -1,3 +1,4 @@
 //! The environment's deploy action.
 
 pub mod hook;
+pub mod slack;

@@ -418,7 +418,28 @@ pub enum HookAnswer {
     Accepted,
 }
 
+/// A deployment starting or ending, for people (chat).
+#[derive(Clone, Debug)]
+pub struct Announcement<'a> {
+    pub repo: &'a RepoFullName,
+    pub environment: &'a Environment,
+    pub deployment: DeploymentId,
+    pub sha: &'a Sha,
+    pub pr: Option<u64>,
+    pub requester: Option<&'a str>,
+    /// `in_progress` when it starts, else how it ended.
+    pub state: DeploymentState,
+    pub duration_ms: Option<u64>,
+    pub log_url: Option<&'a str>,
+    pub environment_url: Option<&'a str>,
+}
+
 pub trait DeployAction: Send + Sync {
+    /// Tells people (Slack) that a deployment starts or ended. Best effort: never fails.
+    fn announce(&self, _announcement: &Announcement<'_>) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// Whether this action has something configured for `environment` (a hook URL).
     fn configured_for(&self, environment: &Environment) -> bool;
 

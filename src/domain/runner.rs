@@ -335,6 +335,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                 };
                 self.github.create_deployment_status(repo, run.deployment.id, &status, deadline).await?;
                 let now = self.clock.now_ms();
+                self.deployer.announce(&announcement(key, run, DeploymentState::InProgress, None, None, None)).await;
                 metrics::emit(
                     now,
                     Some(("Environment", environment.as_str())),
@@ -385,6 +386,9 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                 self.github.create_deployment_status(repo, run.deployment.id, &status, deadline).await?;
                 info!(deployment_id = %run.deployment.id, %environment, state = %result.state, "deployment finished");
                 let now = self.clock.now_ms();
+                let took = Some(now.saturating_sub(run.started_ms));
+                let links = (status.log_url.as_deref(), status.environment_url.as_deref());
+                self.deployer.announce(&announcement(key, run, result.state, took, links.0, links.1)).await;
                 let outcome = match result.state {
                     DeploymentState::Success => "DeploymentsSucceeded",
                     DeploymentState::Error if now >= run.deadline_ms => "DeploymentsTimedOut",
@@ -428,6 +432,28 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                 .or_else(|| d.creator.clone()),
             pr: d.payload.pointer("/pull_request/number").and_then(|v| v.as_u64()),
         }
+    }
+}
+
+fn announcement<'a>(
+    key: &'a EnvKey,
+    run: &'a runs::Run,
+    state: DeploymentState,
+    duration_ms: Option<u64>,
+    log_url: Option<&'a str>,
+    environment_url: Option<&'a str>,
+) -> super::ports::Announcement<'a> {
+    super::ports::Announcement {
+        repo: &key.repo,
+        environment: &key.environment,
+        deployment: run.deployment.id,
+        sha: &run.deployment.sha,
+        pr: run.deployment.pr,
+        requester: run.deployment.requester.as_deref(),
+        state,
+        duration_ms,
+        log_url,
+        environment_url,
     }
 }
 

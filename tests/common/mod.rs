@@ -357,6 +357,7 @@ type SettingsTweak = Box<dyn FnOnce(&mut ServiceSettings)>;
 
 pub struct TestAppBuilder {
     app: Option<(u64, secrecy::SecretString)>,
+    slack: Option<String>,
     rules: DeployRules,
     targets: DeployTargets,
     retry: RetryPolicy,
@@ -371,6 +372,7 @@ impl TestApp {
     pub fn builder() -> TestAppBuilder {
         TestAppBuilder {
             app: None,
+            slack: None,
             rules: DeployRules::default(),
             targets: DeployTargets::default(),
             retry: RetryPolicy {
@@ -473,6 +475,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// Posts Slack notices to `url`.
+    pub fn slack(mut self, url: &str) -> Self {
+        self.slack = Some(url.to_owned());
+        self
+    }
+
     pub fn hook_timeout(mut self, timeout: Duration) -> Self {
         self.hook_timeout = timeout;
         self
@@ -511,7 +519,9 @@ impl TestAppBuilder {
         let auth = Arc::new(GitHubAuth::new(auth, Arc::new(clock.clone())));
         let client = GitHubClient::with_auth(http.clone(), &github.uri(), auth, self.retry);
         let secrets = WebhookSecrets::from_list(&self.secret).unwrap();
-        let deployer = HookDeployer::new(http, self.targets, secrets.clone(), self.hook_timeout);
+        let slack = deploy_webhook::deploy::slack::SlackTargets { default_url: self.slack, urls: Default::default() };
+        let deployer = HookDeployer::new(http, self.targets, secrets.clone(), self.hook_timeout)
+            .with_slack(slack, "https://github.com");
         let mut settings = ServiceSettings::new(self.rules);
         if self.app.is_some() {
             settings.redelivery_hooks = vec![deploy_webhook::domain::ports::HookRef::App];
