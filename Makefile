@@ -44,10 +44,13 @@ secrets-check: $(STAMP) ## no secret from .env reaches the terminal through make
 
 # ---------------------------------------------------------------- running it locally
 
+# APP=1: the same flow with the function authenticating as a GitHub App (a key generated for the
+# run), plus one token per installation and a failed delivery redelivered by the sweep.
+APP ?=
 .PHONY: run
-run: $(STAMP) ## the whole flow locally: sample events through the real function, local DynamoDB and GitHub
+run: $(STAMP) ## the whole flow locally: sample events through the real function, local DynamoDB and GitHub (APP=1: as a GitHub App)
 	cargo build --release --locked
-	$(PY) tools/demo.py
+	$(PY) tools/demo.py$(if $(filter 1,$(APP)), --app)
 
 .PHONY: events
 events: ## rebuild and re-sign events/*.json from events/payloads/ (secret: $GITHUB_WEBHOOK_SECRET or the sample)
@@ -80,6 +83,13 @@ reset: $(STAMP) ## forget what `make watch` stored: empty the local table and th
 	@$(PY) tools/watch.py reset
 
 # ---------------------------------------------------------------- AWS
+
+# Creates the GitHub App from github-app-manifest.json (GitHub's manifest flow, in your browser);
+# writes its key and webhook secret to .run/github-app/ (mode 0600, never printed).
+# ORG=<organization> (default: your account); WEBHOOK_URL=<the WebhookUrl output> if deployed.
+.PHONY: app-manifest
+app-manifest: ## create the GitHub App from github-app-manifest.json in your browser (ORG=…, WEBHOOK_URL=…)
+	python3 tools/github_app_manifest.py $(if $(ORG),--org '$(ORG)') $(if $(WEBHOOK_URL),--webhook-url '$(WEBHOOK_URL)')
 
 .PHONY: build
 build: $(STAMP) ## the arm64 Lambda artifact (target/lambda/deploy-webhook/bootstrap.zip), and its size

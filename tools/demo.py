@@ -7,6 +7,12 @@ it in the order GitHub would: ping → a merged PR → the deployment it created
 status, plus a redelivery and two deliveries that are refused or ignored. It prints each response,
 each GitHub API call, and the final DynamoDB state; it exits non-zero if anything differs from
 what the README promises. Everything it starts is stopped at the end.
+
+`demo.py --app` (`make run APP=1`): the same flow with the function authenticating as a GitHub
+App (GITHUB_APP_ID + GITHUB_APP_PRIVATE_KEY, an RSA key generated for this run and never
+written to disk), against a stand-in that verifies the App JWT and hands out installation tokens;
+then one token per installation (a second installation looked up by repository), and a merged-PR
+delivery answered 503 during a DynamoDB outage, redelivered by the scheduled sweep, deployed once.
 """
 import json
 import os
@@ -23,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 import events  # noqa: E402
 from github_standin import GitHubStandIn  # noqa: E402
 from hook_standin import HookStandIn  # noqa: E402
-from lambda_local import LocalLambda, status_of  # noqa: E402
+from lambda_local import FunctionError, LocalLambda, status_of  # noqa: E402
 from loopback_server import QuietThreadingHTTPServer  # noqa: E402
 
 TABLE = "deploy-webhook-local"
@@ -33,6 +39,13 @@ BOLD, DIM, GREEN, RED, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\
     else ("", "", "", "", "")
 
 failures = []
+
+APP_MODE = "--app" in sys.argv[1:]
+APP_ID = 424242
+# The App's installations as the stand-in knows them: the sample repository's installation (its
+# id is in the sample payloads) and a second one whose deliveries carry no installation id.
+INSTALLATIONS = {1: ["Codertocat/Hello-World"], 2: ["octo-org/api"]}
+OTHER_REPO = ("octo-org/api", 555000111)
 
 
 def short(value, width=110):
@@ -229,6 +242,170 @@ def timeout_flow(fn, github):
         failures.append(f"the timed-out run's statuses are {got[deployment_id]}")
 
 
+# ---------------------------------------------------------------- GitHub App mode (--app)
+
+def app_key_pair():
+    """A fresh RSA key in the PEM form GitHub hands out (PKCS#1, multi-line), and its public key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                            serialization.NoEncryption()).decode()
+    return pem, key.public_key()
+
+
+def is_delivery(event):
+    return any(k.lower() == "x-github-delivery" for k in (event.get("headers") or {}))
+
+
+class AppWebhook:
+    """GitHub's sending side in App mode: each webhook delivery goes through the stand-in, which
+    records the attempt (guid, answer, time) in the App webhook's deliveries list, as GitHub does;
+    anything else (the scheduled sweep) goes straight to the function."""
+
+    def __init__(self, fn, github):
+        self.fn, self.github = fn, github
+
+    def invoke(self, event):
+        if not is_delivery(event):
+            return self.fn.invoke(event)
+        response = self.github.deliver(event)
+        if response is None:
+            raise FunctionError("the function did not answer the delivery")
+        return response
+
+
+def sweep(fn, title):
+    scheduled = {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event", "source": "aws.events",
+                 "account": "123456789012", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "region": "us-east-1",
+                 "resources": ["arn:aws:events:us-east-1:123456789012:rule/deploy-webhook-sweep"], "detail": {}}
+    print(f"\n{BOLD}▶ {title}{RESET}")
+    result = fn.invoke(scheduled)
+    print(f"  ← {json.dumps(result)}")
+    return result
+
+
+def in_other_repo(payload):
+    """`payload` moved to the second installation's repository, with no installation id in it
+    (the function then looks the installation up: GET /repos/{owner}/{repo}/installation)."""
+    full_name, repo_id = OTHER_REPO
+    payload["repository"].update(id=repo_id, full_name=full_name, name=full_name.split("/")[1])
+    payload["repository"]["owner"]["login"] = full_name.split("/")[0]
+    payload.pop("installation", None)
+    return payload
+
+
+def inject_dynamodb_faults(endpoint, count):
+    import urllib.request
+    request = urllib.request.Request(f"{endpoint}/_local/faults", method="POST",
+                                     data=json.dumps({"count": count, "kind": "unavailable", "table": TABLE}).encode())
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        resp.read()
+
+
+def last_log_line(log_path, message):
+    found = None
+    for line in Path(log_path).read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if message in json.dumps(entry.get("message", entry)):
+            found = entry
+    return found
+
+
+def run_deployment(fn, github, deployment_id, payload_edit=None):
+    """GitHub's `deployment` event for a deployment the stand-in holds, sent through `fn`."""
+    dep = github.deployments[deployment_id]
+    payload = events.load_payload("deployment.created")
+    payload["deployment"].update(id=deployment_id, sha=dep["sha"], ref=dep["ref"], environment=dep["environment"],
+                                 payload=dep["payload"], description=dep["description"])
+    if payload_edit:
+        payload = payload_edit(payload)
+    return send(fn, f"deployment {deployment_id} created ({dep['repo']})",
+                events.api_gateway_event("deployment", payload, str(uuid.uuid4()), SECRET), 200, "processed")
+
+
+def app_flow(fn, github, endpoint, fn_log):
+    """App mode: tokens per installation, and a failed delivery recovered by the sweep."""
+    print(f"\n{BOLD}GitHub App: a second installation, found by repository (its deliveries carry no "
+          f"installation id){RESET}")
+    other_ids = []
+    for n in (41, 42):
+        payload = in_other_repo(events.load_payload("pull_request.merged"))
+        payload["number"] = n
+        payload["pull_request"].update(number=n, merged_at=f"2026-11-22T20:{n}:00Z", merge_commit_sha=f"{n:02d}" * 20,
+                                       title=f"Change {n}")
+        body = send(fn, f"pull request #{n} merged into master of {OTHER_REPO[0]}",
+                    events.api_gateway_event("pull_request", payload, str(uuid.uuid4()), SECRET), 200, "processed")
+        other_ids.append(body["detail"]["deployments"][0]["deployment_id"])
+    for deployment_id in other_ids:
+        run_deployment(fn, github, deployment_id, in_other_repo)
+    lookups = [c for c in github.calls if c["path"] == f"/repos/{OTHER_REPO[0]}/installation"]
+    if len(lookups) != 1:
+        failures.append(f"the installation of {OTHER_REPO[0]} was looked up {len(lookups)} times, expected once")
+
+    print(f"\n{BOLD}GitHub App: a merged PR delivered during a DynamoDB outage, then redelivered by the "
+          f"scheduled sweep{RESET}")
+    sha = "31" * 20
+    inject_dynamodb_faults(endpoint, 1000)
+    try:
+        event = merge(31, "master", "2026-11-22T21:00:00Z", sha)
+        guid = event["headers"]["x-github-delivery"]
+        print(f"  {DIM}(the local DynamoDB now answers 503 to every request){RESET}")
+        send(fn, "pull request #31 merged into master, while DynamoDB is down", event, 503)
+    finally:
+        inject_dynamodb_faults(endpoint, 0)
+    attempts = [d for d in github.hook_deliveries if d["guid"] == guid]
+    if len(attempts) != 1 or not 500 <= attempts[0]["status_code"] < 600:
+        failures.append(f"the failed delivery is recorded as {attempts}, expected one attempt answered 5xx")
+        return
+    failed = attempts[0]
+    github.backdate(failed["id"], 120)
+    print(f"  {DIM}GitHub's deliveries list: delivery {failed['id']} (guid {guid}) → {failed['status_code']}; "
+          f"its delivered_at moved 2 minutes back, past the function's 60 s redelivery backoff{RESET}")
+    result = sweep(fn, "the scheduled sweep (an EventBridge event): lists the App webhook's deliveries")
+    if (result.get("redelivery") or {}).get("redelivered") != 1:
+        failures.append(f"the sweep should have redelivered one delivery: {result}")
+    line = last_log_line(fn_log.name, "redelivery sweep")
+    if line:
+        print(f"      {DIM}function log: {short({k: v for k, v in line.items() if k not in ('timestamp', 'target')}, 200)}{RESET}")
+    else:
+        failures.append("the function logged no 'redelivery sweep' line")
+    if github.redeliveries != [failed["id"]]:
+        failures.append(f"redeliveries asked for: {github.redeliveries}, expected [{failed['id']}]")
+    print(f"  {DIM}… GitHub (the stand-in) re-sends delivery {failed['id']} to the function{RESET}")
+    wait_until("the redelivery to be answered", lambda: any(
+        d["guid"] == guid and d["redelivery"] for d in github.hook_deliveries))
+    again = [d for d in github.hook_deliveries if d["guid"] == guid and d["redelivery"]]
+    print(f"  redelivery of {guid}: {[(d['id'], d['status_code']) for d in again]}")
+    if [d["status_code"] for d in again] != [200]:
+        failures.append(f"the redelivery was answered {again}, expected one 200")
+    created = [d for d in github.deployments.values() if d["sha"] == sha]
+    if len(created) != 1:
+        failures.append(f"{len(created)} deployments were created for the redelivered merge, expected 1")
+    else:
+        run_deployment(fn, github, created[0]["id"])
+        got = timeline(github, [created[0]["id"]])
+        if got[created[0]["id"]] != ["in_progress", "success"]:
+            failures.append(f"the redelivered merge's deployment statuses are {got[created[0]['id']]}")
+    result = sweep(fn, "the next scheduled sweep: nothing left to redeliver")
+    if (result.get("redelivery") or {}).get("redelivered") != 0:
+        failures.append(f"the second sweep redelivered again: {result}")
+
+    print(f"\n{BOLD}GitHub App: installation tokens{RESET}")
+    counts = {i: github.token_requests.count(i) for i in INSTALLATIONS}
+    for installation, n in counts.items():
+        print(f"  installation {installation} ({', '.join(INSTALLATIONS[installation])}): {n} token request(s)")
+    if counts != {i: 1 for i in INSTALLATIONS}:
+        failures.append(f"installation tokens requested {counts}, expected one per installation")
+    refused = [c for c in github.calls if c["status"] in (401, 403)]
+    if refused:
+        failures.append(f"the stand-in refused the function's credentials: {refused}")
+
+
 def main():
     if not BINARY.exists():
         raise SystemExit(f"{BINARY} is missing: run `make run` (it builds it)")
@@ -237,11 +414,20 @@ def main():
     ddb_log = open(run_dir / "dynamodb.log", "wb")
     fn_log = open(run_dir / "function.log", "wb")
     ddb, endpoint = start_dynamodb(ddb_log)
-    github = GitHubStandIn(on_call=show_call).start()
+    if APP_MODE:
+        from github_standin import StandInApp
+        pem, public_key = app_key_pair()
+        # Pages of 3 deliveries (GitHub: up to per_page=100), so the sweep follows the cursor.
+        github = GitHubStandIn(on_call=show_call, app=StandInApp(APP_ID, public_key), installations=INSTALLATIONS,
+                               page_size=3).start()
+        credentials = {"GITHUB_APP_ID": str(APP_ID), "GITHUB_APP_PRIVATE_KEY": pem}
+    else:
+        github = GitHubStandIn(on_call=show_call).start()
+        credentials = {"GITHUB_TOKEN": "ghp_local_demo_token"}
     hook = HookStandIn(secret=SECRET, on_line=lambda line: print(f"      {DIM}hook: {line}{RESET}")).start()
     fn = LocalLambda([str(BINARY)], env={
         "GITHUB_WEBHOOK_SECRET": SECRET,
-        "GITHUB_TOKEN": "ghp_local_demo_token",
+        **credentials,
         "GITHUB_API_URL": github.url,
         "DEPLOYMENTS_TABLE": TABLE,
         "ENVIRONMENT_URL": "https://hello-world.example.com",
@@ -256,8 +442,13 @@ def main():
     api = LocalApi(fn).start()
     fn.env["PUBLIC_URL"] = api.url
     fn.start()
+    function = fn
+    if APP_MODE:
+        github.hook_target = fn.invoke
+        fn = AppWebhook(function, github)  # deliveries now go through GitHub's (the stand-in's) list
+    mode = f", as GitHub App {APP_ID} (key generated for this run)" if APP_MODE else ""
     print(f"{BOLD}deploy-webhook, locally{RESET}: function {BINARY.relative_to(ROOT)} under a local Lambda "
-          f"runtime, DynamoDB {endpoint}, GitHub stand-in {github.url}")
+          f"runtime, DynamoDB {endpoint}, GitHub stand-in {github.url}{mode}")
     try:
         load = lambda name: json.loads((ROOT / "events" / f"{name}.json").read_text())  # noqa: E731
         send(fn, "ping (events/ping.json)", load("ping"), 200, "pong")
@@ -295,16 +486,20 @@ def main():
         if len([i for i in items if i["sk"].startswith("CREATE#")]) != 1 or len(deployments) != 1 \
                 or deployments[0].get("status_state") != "success":
             failures.append("the final DynamoDB state is not one created deployment in state success")
-        posted = [c for c in github.calls if c["method"] == "POST"]
-        print(f"\n{BOLD}GitHub received {len(github.calls)} calls{RESET}: "
+        api_calls = [c for c in github.calls if "/deployments" in c["path"]]  # App calls aside
+        posted = [c for c in api_calls if c["method"] == "POST"]
+        print(f"\n{BOLD}GitHub received {len(api_calls)} calls{RESET}: "
               + ", ".join(f"{c['method']} {c['path'].rsplit('/', 1)[-1]}"
                           + (f" ({c['body']['state']})" if c['body'] and 'state' in c['body'] else "")
-                          for c in github.calls))
+                          for c in api_calls))
         if [c["body"].get("state") for c in posted[1:]] != ["in_progress", "success"]:
             failures.append("the deployment's statuses were not in_progress then success")
         async_flow(fn, github)
+        if APP_MODE:
+            app_flow(fn, github, endpoint, fn_log)
         timeout_flow(fn, github)
     finally:
+        fn = function
         fn.stop()
         api.stop()
         hook.stop()

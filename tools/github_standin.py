@@ -12,6 +12,22 @@ It checks the headers GitHub requires (Authorization, Accept, X-GitHub-Api-Versi
 required body fields, and records every call so a caller can print or assert them.
 
     gh = GitHubStandIn(on_call=print).start(); gh.url; gh.calls; gh.stop()
+
+GitHub App mode (`GitHubStandIn(app=StandInApp(app_id, public_key), installations={id: [repo]})`,
+what `make run APP=1` uses) adds the App's endpoints, authenticated as GitHub does it:
+    POST /app/installations/{id}/access_tokens  App JWT -> 201 {"token", "expires_at" (1 h ahead)}
+    GET  /repos/{owner}/{repo}/installation     App JWT -> 200 {"id": ...} or 404
+    GET  /app/hook/deliveries?per_page=&cursor= App JWT -> the App webhook's deliveries, newest
+                                                first, paged by cursor (Link: <...>; rel="next")
+    POST /app/hook/deliveries/{id}/attempts     App JWT -> 202; re-sends that delivery (same guid,
+                                                redelivery: true) to `gh.hook_target`, as GitHub does
+The App JWT is verified with the App's public key: RS256, `iss` the App id, `iat` not in the
+future, `exp` in the future and at most 10 minutes after `iat` (401 otherwise). Every
+deployments and statuses call must then carry `Bearer <an unexpired token this stand-in issued>`
+for an installation that has the repository (401 / 403 otherwise). The App webhook's deliveries
+are what the caller sent through `gh.deliver(event)` (the caller plays GitHub's sending side:
+`hook_target(event)` is invoked and its answer recorded, as GitHub records each attempt).
+Without `app`, none of this exists and any `Bearer`/`token` Authorization is accepted.
 Run alone (`github_standin.py --port 8790 [--seed-samples]`) it serves until stopped and prints
 each call. With --seed-samples (what `make watch` uses) it also knows the deployments that the
 sample events in events/payloads/ refer to (id 145988746), so `make invoke
@@ -19,9 +35,13 @@ EVENT=events/deployment_created.json` works like a deployment the stand-in creat
 Only the Python standard library is used.
 """
 import argparse
+import base64
+import calendar
+import http
 import itertools
 import json
 import re
+import secrets
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
@@ -35,13 +55,72 @@ STATUSES = re.compile(r"^/repos/([^/]+/[^/]+)/deployments/(\d+)/statuses$")
 DEPLOYMENT = re.compile(r"^/repos/([^/]+/[^/]+)/deployments/(\d+)$")
 PAYLOADS = Path(__file__).resolve().parent.parent / "events" / "payloads"
 STATES = {"error", "failure", "inactive", "in_progress", "queued", "pending", "success"}
+ACCESS_TOKENS = re.compile(r"^/app/installations/(\d+)/access_tokens$")
+REPO_INSTALLATION = re.compile(r"^/repos/([^/]+/[^/]+)/installation$")
+HOOK_DELIVERIES = "/app/hook/deliveries"
+HOOK_ATTEMPTS = re.compile(r"^/app/hook/deliveries/(\d+)/attempts$")
+TOKEN_LIFETIME_S = 3600
+
+
+def iso(epoch):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def b64url(part):
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+class StandInApp:
+    """A GitHub App as the stand-in knows it: its id and public key (a `cryptography` RSA public
+    key). Only App mode needs the `cryptography` package."""
+
+    def __init__(self, app_id, public_key):
+        self.app_id = int(app_id)
+        self.public_key = public_key
+
+    def check_jwt(self, jwt, now=None):
+        """None if `jwt` is a valid App JWT for this App, else why not (GitHub's 401 message)."""
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+        now = time.time() if now is None else now
+        try:
+            head, body, sig = jwt.split(".")
+            header, claims = json.loads(b64url(head)), json.loads(b64url(body))
+            signature = b64url(sig)
+        except ValueError:
+            return "A JSON web token could not be decoded"
+        if header.get("alg") != "RS256":
+            return f"'alg' must be RS256, got {header.get('alg')!r}"
+        try:
+            self.public_key.verify(signature, f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256())
+        except InvalidSignature:
+            return "A JSON web token could not be decoded (bad signature)"
+        if str(claims.get("iss")) != str(self.app_id):
+            return f"'iss' must be the App id {self.app_id}, got {claims.get('iss')!r}"
+        iat, exp = claims.get("iat"), claims.get("exp")
+        if not isinstance(iat, int) or not isinstance(exp, int):
+            return "'iat' and 'exp' must be whole numbers (Unix seconds)"
+        if iat > now + 30:
+            return "'Issued at' claim ('iat') must be an Integer representing a time in the past"
+        if exp <= now:
+            return "'Expiration time' claim ('exp') is too far in the past"
+        if exp - iat > 600 or exp > now + 600:
+            return "'Expiration time' claim ('exp') is too far in the future (at most 10 minutes)"
+        return None
 
 
 class GitHubStandIn:
-    def __init__(self, port=0, on_call=None, seed=()):
+    def __init__(self, port=0, on_call=None, seed=(), app=None, installations=None, page_size=100,
+                 hook_target=None):
         self.port = port
         self.on_call = on_call
         self.seed = list(seed)  # deployments known from the start (and again after a reset)
+        self.app = app          # a StandInApp: GitHub App mode
+        # installation id -> the repositories it was installed on (App mode)
+        self.installations = {int(k): list(v) for k, v in (installations or {}).items()}
+        self.page_size = page_size  # the most deliveries per page, whatever per_page asks (GitHub: 100)
+        self.hook_target = hook_target  # event -> API Gateway response: where deliveries go
         self.lock = threading.Lock()
         self.calls = []
         self.server = None
@@ -52,6 +131,56 @@ class GitHubStandIn:
             self.deployments = {d["id"]: dict(d) for d in self.seed}   # id -> deployment
             self.statuses = {}                                         # deployment id -> [status]
             self.ids = itertools.count(1000)
+            self.tokens = {}             # token -> {"installation", "expires_at"} (App mode)
+            self.token_requests = []     # installation ids, one per token issued
+            self.hook_deliveries = []    # the App webhook's delivery attempts, GitHub's shape
+            self.redeliveries = []       # delivery ids whose redelivery was asked for
+            self.delivery_ids = itertools.count(90000001)
+            self._events = {}            # delivery id -> the event it carried
+
+    # -- the App webhook's sending side: the caller plays GitHub delivering events ----------------
+    def deliver(self, event, redelivery=False):
+        """Sends `event` (an API Gateway event carrying a delivery) to `hook_target` and records
+        the attempt as GitHub does; returns the target's response (None if it did not answer)."""
+        started = time.time()
+        try:
+            response = self.hook_target(event)
+            code = int(response.get("statusCode") or 0)
+        except Exception:  # no answer (a crash or a timeout): GitHub records status_code 0
+            response, code = None, 0
+        headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
+        try:
+            payload = json.loads(event.get("body") or "{}")
+        except ValueError:
+            payload = {}
+        with self.lock:
+            delivery = {
+                "id": next(self.delivery_ids), "guid": headers.get("x-github-delivery"),
+                "delivered_at": iso(started), "redelivery": redelivery,
+                "duration": round(time.time() - started, 2),
+                "status": http.HTTPStatus(code).phrase if code else "timed out", "status_code": code,
+                "event": headers.get("x-github-event"), "action": payload.get("action"),
+                "installation_id": (payload.get("installation") or {}).get("id"),
+                "repository_id": (payload.get("repository") or {}).get("id"),
+            }
+            self.hook_deliveries.append(delivery)
+            self._events[delivery["id"]] = event
+        return response
+
+    def backdate(self, delivery_id, seconds):
+        """Moves a recorded attempt's delivered_at `seconds` into the past (a local run cannot
+        wait for the function's redelivery backoff)."""
+        with self.lock:
+            for d in self.hook_deliveries:
+                if d["id"] == delivery_id:
+                    d["delivered_at"] = iso(calendar.timegm(time.strptime(d["delivered_at"], "%Y-%m-%dT%H:%M:%SZ"))
+                                            - seconds)
+                    return d
+        raise KeyError(delivery_id)
+
+    def _redeliver_later(self, delivery_id):
+        event = self._events[delivery_id]
+        threading.Thread(target=self.deliver, args=(event, True), daemon=True).start()
 
     @property
     def url(self):
@@ -82,14 +211,17 @@ class GitHubStandIn:
             def log_message(self, *args):
                 pass
 
-            def _reply(self, code, payload, body_in=None):
+            def _reply(self, code, payload, body_in=None, headers=None):
                 raw = json.dumps(payload).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(raw)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(raw)
                 gh._record(self.command, self.path, body_in, code)
+                return True
 
             def _check_headers(self):
                 if not (self.headers.get("Authorization") or "").startswith(("Bearer ", "token ")):
@@ -98,12 +230,98 @@ class GitHubStandIn:
                     return "Unsupported API version"
                 return None
 
+            def _credential(self):
+                return (self.headers.get("Authorization") or "").split(" ", 1)[-1].strip()
+
+            def _check_app_jwt(self):
+                """App mode, /app/... and the installation lookup: the App's JWT."""
+                return gh.app.check_jwt(self._credential())
+
+            def _check_token(self, repo):
+                """App mode, repository endpoints: (status, message) unless the request carries
+                an unexpired installation token this stand-in issued for an installation that has
+                `repo`."""
+                with gh.lock:
+                    issued = gh.tokens.get(self._credential())
+                if issued is None:
+                    return 401, "Bad credentials"
+                if issued["expires_at"] <= time.time():
+                    return 401, "Bad credentials (the installation token expired)"
+                if repo not in gh.installations.get(issued["installation"], []):
+                    return 403, "Resource not accessible by integration"
+                return None
+
+            def _app_get(self, url, query):
+                """App mode GETs that take the App JWT; None when the path is not one of them, else
+                True once answered."""
+                if not (url.path == HOOK_DELIVERIES or REPO_INSTALLATION.match(url.path)):
+                    return None
+                problem = self._check_app_jwt()
+                if problem:
+                    return self._reply(401, {"message": problem})
+                if m := REPO_INSTALLATION.match(url.path):
+                    found = [i for i, repos in gh.installations.items() if m[1] in repos]
+                    if not found:
+                        return self._reply(404, {"message": "Not Found"})
+                    return self._reply(200, {"id": found[0], "app_id": gh.app.app_id,
+                                             "target_type": "Organization", "repository_selection": "selected"})
+                per_page = max(1, min(int(query.get("per_page") or 30), 100, gh.page_size))
+                cursor = query.get("cursor")
+                below = int(cursor[3:]) if cursor and cursor.startswith("v1_") and cursor[3:].isdigit() else None
+                with gh.lock:
+                    listed = sorted((dict(d) for d in gh.hook_deliveries if below is None or d["id"] < below),
+                                    key=lambda d: -d["id"])
+                page, rest = listed[:per_page], listed[per_page:]
+                headers = {}
+                if rest:
+                    headers["Link"] = (f'<{gh.url}{HOOK_DELIVERIES}?per_page={per_page}&cursor=v1_{page[-1]["id"]}>; '
+                                       f'rel="next"')
+                return self._reply(200, page, headers=headers)
+
+            def _app_post(self, body):
+                """App mode POSTs that take the App JWT; None when the path is not one of them, else
+                True once answered."""
+                m_token, m_attempt = ACCESS_TOKENS.match(self.path), HOOK_ATTEMPTS.match(self.path)
+                if not (m_token or m_attempt):
+                    return None
+                problem = self._check_app_jwt()
+                if problem:
+                    return self._reply(401, {"message": problem}, body)
+                if m_token:
+                    installation = int(m_token[1])
+                    if installation not in gh.installations:
+                        return self._reply(404, {"message": "Not Found"}, body)
+                    token, expires_at = f"ghs_{secrets.token_hex(18)}", int(time.time()) + TOKEN_LIFETIME_S
+                    with gh.lock:
+                        gh.tokens[token] = {"installation": installation, "expires_at": expires_at}
+                        gh.token_requests.append(installation)
+                    return self._reply(201, {"token": token, "expires_at": iso(expires_at),
+                                             "permissions": {"deployments": "write", "metadata": "read",
+                                                             "pull_requests": "read"},
+                                             "repository_selection": "selected"}, body)
+                delivery_id = int(m_attempt[1])
+                with gh.lock:
+                    known = delivery_id in gh._events
+                    if known:
+                        gh.redeliveries.append(delivery_id)
+                if not known:
+                    return self._reply(404, {"message": "Not Found"}, body)
+                self._reply(202, {}, body)
+                gh._redeliver_later(delivery_id)  # after the answer, as GitHub delivers: asynchronously
+                return True
+
             def do_GET(self):
                 problem = self._check_headers()
                 if problem:
                     return self._reply(401, {"message": problem})
                 url = urlparse(self.path)
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                if gh.app and self._app_get(url, query) is not None:
+                    return None
+                if gh.app and (m := re.match(r"^/repos/([^/]+/[^/]+)/", url.path)):
+                    refused = self._check_token(m[1])
+                    if refused:
+                        return self._reply(refused[0], {"message": refused[1]})
                 if m := DEPLOYMENTS.match(url.path):
                     with gh.lock:
                         found = [d for d in gh.deployments.values() if d["repo"] == m[1]
@@ -133,6 +351,12 @@ class GitHubStandIn:
                     return self._reply(400, {"message": "Problems parsing JSON"})
                 if problem:
                     return self._reply(401, {"message": problem}, body)
+                if gh.app and self._app_post(body) is not None:
+                    return None
+                if gh.app and (m := re.match(r"^/repos/([^/]+/[^/]+)/", self.path)):
+                    refused = self._check_token(m[1])
+                    if refused:
+                        return self._reply(refused[0], {"message": refused[1]}, body)
                 now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 if m := DEPLOYMENTS.match(self.path):
                     if not isinstance(body.get("ref"), str):
