@@ -9,6 +9,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_dynamodb::config::{SharedCredentialsProvider, SharedHttpClient};
+use aws_sdk_dynamodb::types::AttributeValue;
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
 
 use crate::config::Config;
@@ -82,9 +83,8 @@ fn aws_config_from(var: impl Fn(&str) -> Option<String>, extra: &ExtraCaCerts) -
                 .build(),
         )
         .retry_config(RetryConfig::standard().with_max_attempts(3));
-    if flag("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS") != Some(true)
-        && let Some(url) = var("AWS_ENDPOINT_URL_DYNAMODB").or_else(|| var("AWS_ENDPOINT_URL"))
-    {
+    let endpoint = var("AWS_ENDPOINT_URL_DYNAMODB").or_else(|| var("AWS_ENDPOINT_URL"));
+    if let Some(url) = endpoint.filter(|_| flag("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS") != Some(true)) {
         sdk = sdk.endpoint_url(url);
     }
     if let Some(fips) = flag("AWS_USE_FIPS_ENDPOINT") {
@@ -106,12 +106,49 @@ fn html_url_of(api: &str) -> String {
 }
 
 pub fn build_handler(config: &Config, sdk: &SdkConfig) -> Result<Handler, InitError> {
-    let mut dynamodb = aws_sdk_dynamodb::config::Builder::from(sdk);
-    if !config.extra_ca_certs.is_empty() {
-        dynamodb = dynamodb.http_client(aws_https_client(&config.extra_ca_certs)?);
+    handler_from(config, &Clients::new(config, sdk)?)
+}
+
+/// The process's two network clients (each keeps its own connection pool; clones share it).
+#[derive(Clone, Debug)]
+pub struct Clients {
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    /// GitHub and the deploy hooks.
+    pub http: reqwest::Client,
+}
+
+impl Clients {
+    pub fn new(config: &Config, sdk: &SdkConfig) -> Result<Self, InitError> {
+        let mut dynamodb = aws_sdk_dynamodb::config::Builder::from(sdk);
+        if !config.extra_ca_certs.is_empty() {
+            dynamodb = dynamodb.http_client(aws_https_client(&config.extra_ca_certs)?);
+        }
+        let dynamodb = aws_sdk_dynamodb::Client::from_conf(dynamodb.build());
+        Ok(Self { dynamodb, http: http_client_trusting(&config.extra_ca_certs)? })
     }
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(dynamodb.build()), &config.table);
-    let http = http_client_trusting(&config.extra_ca_certs)?;
+
+    /// Opens the connections a first delivery needs (DynamoDB, GitHub), both at the same time,
+    /// with one cheap request each: what a cold start would do to take the TCP and TLS
+    /// handshakes off the first delivery. Failures are ignored (the delivery connects again).
+    /// Not used by the function: `make bench` measures a cold start with it
+    /// (benches/preconnect.rs) and without it, and docs/BENCHMARKS.md says why it is not used.
+    pub async fn open_connections(&self, config: &Config) {
+        let dynamodb = self
+            .dynamodb
+            .get_item()
+            .table_name(&config.table)
+            .key("pk", AttributeValue::S("CONNECT".into()))
+            .key("sk", AttributeValue::S("CONNECT".into()))
+            .send();
+        let github = self.http.get(&config.github_api_url).timeout(Duration::from_secs(2)).send();
+        let _ = tokio::join!(dynamodb, github);
+    }
+}
+
+/// The handler, on `clients`.
+pub fn handler_from(config: &Config, clients: &Clients) -> Result<Handler, InitError> {
+    let store = DynamoStore::new(clients.dynamodb.clone(), &config.table);
+    let http = clients.http.clone();
     let auth = Arc::new(GitHubAuth::new(config.github_auth.clone(), Arc::new(SystemClock)));
     let github = GitHubClient::with_auth(http.clone(), &config.github_api_url, auth, RetryPolicy::default());
     let html_url = html_url_of(&config.github_api_url);
@@ -144,6 +181,30 @@ pub fn build_handler(config: &Config, sdk: &SdkConfig) -> Result<Handler, InitEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sdk_from(vars: &[(&str, &str)]) -> SdkConfig {
+        let vars: std::collections::HashMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        aws_config_from(|name| vars.get(name).cloned(), &ExtraCaCerts::default()).unwrap()
+    }
+
+    #[test]
+    fn the_sdk_settings_a_lambda_uses_come_from_the_environment() {
+        let sdk = sdk_from(&[("AWS_REGION", "eu-west-1"), ("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:8000")]);
+        assert_eq!(sdk.region().map(|r| r.as_ref()), Some("eu-west-1"));
+        assert_eq!(sdk.endpoint_url(), Some("http://127.0.0.1:8000"));
+        assert!(sdk.credentials_provider().is_some());
+        let sdk = sdk_from(&[("AWS_DEFAULT_REGION", "us-east-2"), ("AWS_ENDPOINT_URL", "http://localhost:4566")]);
+        assert_eq!(sdk.region().map(|r| r.as_ref()), Some("us-east-2"));
+        assert_eq!(sdk.endpoint_url(), Some("http://localhost:4566"));
+        let sdk = sdk_from(&[
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:8000"),
+            ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true"),
+        ]);
+        assert_eq!(sdk.endpoint_url(), None);
+        assert_eq!(sdk_from(&[]).region(), None);
+    }
 
     #[tokio::test]
     async fn the_embedded_amazon_roots_make_a_working_https_client() {

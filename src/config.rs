@@ -397,6 +397,21 @@ mod tests {
     }
 
     #[test]
+    fn extra_ca_certs_are_read_and_checked_at_init() {
+        let with = |path: &str| {
+            let mut v = vars(MINIMAL);
+            v.push(("EXTRA_CA_CERTS_FILE".to_owned(), path.to_owned()));
+            Config::from_vars(v)
+        };
+        assert!(Config::from_vars(vars(MINIMAL)).unwrap().extra_ca_certs.is_empty());
+        let bundle = concat!(env!("CARGO_MANIFEST_DIR"), "/src/store/amazon-roots.pem");
+        assert_eq!(with(bundle).unwrap().extra_ca_certs.len(), 5);
+        for bad in ["/nonexistent/ca.pem", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")] {
+            assert!(with(bad).unwrap_err().to_string().contains("EXTRA_CA_CERTS_FILE"));
+        }
+    }
+
+    #[test]
     fn debug_output_never_shows_secrets() {
         let c = Config::from_vars(vars(MINIMAL)).unwrap();
         let shown = format!("{c:?}");

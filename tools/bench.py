@@ -7,16 +7,34 @@ Every function runs as Lambda runs it: a fresh process under a local Lambda Runt
 (tools/lambda_local.py), with a local DynamoDB (moto, requests serialized) and the GitHub stand-in
 on loopback. Prints a Markdown report and writes it to docs/BENCHMARKS.md.
 
+Delivery kinds: merged PR, synchronous `deployment` (no hook), callback (an asynchronous hook
+answered 202; the measured delivery is its signed POST to the callback URL), idle sweep (a
+scheduled event with nothing due), sweep that times out one run (hook that never calls back,
+DEPLOY_TIMEOUT_MINUTES=0.05), ignored event. CPU is the process CPU clock around each measured
+invocation; DynamoDB requests and GitHub calls are counted around each one.
+
+Then the first delivery after a cold start over TLS: DynamoDB and GitHub behind TLS stand-ins on
+loopback (a throwaway CA given through EXTRA_CA_CERTS_FILE), connections opened by the first
+delivery (the shipped binary) or during init (benches/preconnect.rs).
+
 Environment: BENCH_SPAWNS (cold starts per function, default 21), BENCH_WARM (warm deliveries per
-type, default 200).
+kind, default 200); BENCH_NO_ZIP=1 skips the arm64 build (quick iterations; the zip figure is then
+left out).
 """
+import heapq
 import json
 import os
 import platform
+import shutil
+import socket
+import ssl
+import tempfile
+import threading
 import statistics
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -26,12 +44,18 @@ sys.path.insert(0, str(ROOT / "tools"))
 import events  # noqa: E402
 from github_standin import GitHubStandIn  # noqa: E402
 from lambda_local import LocalLambda, status_of  # noqa: E402
+from loopback_server import QuietThreadingHTTPServer  # noqa: E402
 
 SPAWNS = int(os.environ.get("BENCH_SPAWNS", "21"))
 WARM = int(os.environ.get("BENCH_WARM", "200"))
 SECRET = "bench-secret"
 TABLE = "deploy-webhook-bench"
 PEER_DIR = ROOT.parent / "shared" / "bench" / "peer_python"
+REPO = "Codertocat/Hello-World"
+# The sweep kind: runs time out after 3 s; one is started every SWEEP_PACE s, and each sweep runs
+# just after one run's deadline, so that it finds exactly one run due.
+SWEEP_TIMEOUT_MINUTES = 0.05
+SWEEP_PACE = 0.15
 
 # On-demand prices, us-east-1 (2025): DynamoDB $0.625 per million write request units and $0.125 per
 # million read request units; Lambda arm64 $0.0000133334 per GB-second and $0.20 per million
@@ -39,6 +63,11 @@ PEER_DIR = ROOT.parent / "shared" / "bench" / "peer_python"
 PRICE_WRU, PRICE_RRU = 0.625e-6, 0.125e-6
 PRICE_GB_S, PRICE_REQ, PRICE_API = 0.0000133334, 0.20e-6, 1.00e-6
 MEMORY_MB = 256
+WRITE_OPS = ("PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems")
+READ_OPS = ("GetItem", "Query", "Scan", "BatchGetItem")
+KINDS = ("merged_pr", "deployment", "callback", "sweep_idle", "sweep_timeout", "ignored")
+KIND_NAMES = {"merged_pr": "merged PR", "deployment": "deployment (sync)", "callback": "callback",
+              "sweep_idle": "sweep, idle", "sweep_timeout": "sweep, times out 1 run", "ignored": "ignored"}
 
 
 def sh(cmd, **kw):
@@ -59,9 +88,65 @@ def ddb_stats(endpoint, reset=False):
         return json.loads(r.read())
 
 
+def cpu_ns(pid):
+    """The process's CPU time (all its threads, ns): the kernel's per-process CPU clock."""
+    try:
+        return time.clock_gettime_ns(((~pid) << 3) | 2)  # CPUCLOCK_SCHED of process `pid`
+    except OSError:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) * 10**9 // os.sysconf("SC_CLK_TCK")
+
+
 class Subject:
     def __init__(self, name, command, full=True):
         self.name, self.command, self.full = name, command, full
+
+
+class Hook:
+    """A deploy hook on loopback: POST /accept answers 202 and keeps the call (its callback_url);
+    POST /never answers 202 and forgets it."""
+
+    def __init__(self):
+        self.calls, self.lock, self.server = [], threading.Lock(), None
+
+    def start(self):
+        hook = self
+        from http.server import BaseHTTPRequestHandler
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                call = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                if self.path.startswith("/accept"):
+                    with hook.lock:
+                        hook.calls.append(call)
+                out = b'{"description": "deploying"}'
+                self.send_response(202)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+        self.server = QuietThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def take(self):
+        with self.lock:
+            return self.calls.pop(0) if self.calls else None
+
+    def stop(self):
+        self.server.shutdown()
 
 
 def merged_pr_event(number):
@@ -72,11 +157,47 @@ def merged_pr_event(number):
     return events.api_gateway_event("pull_request", payload, str(uuid.uuid4()), SECRET)
 
 
+def add_deployment(github, environment):
+    """A deployment the GitHub stand-in holds, as if someone had created it (no call counted)."""
+    sha = uuid.uuid4().hex + uuid.uuid4().hex[:8]
+    with github.lock:
+        dep = {"id": next(github.ids), "repo": REPO, "sha": sha, "ref": sha, "task": "deploy", "payload": {},
+               "environment": environment, "description": None, "creator": {"login": "deploy-bot"},
+               "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "production_environment": False}
+        github.deployments[dep["id"]] = dep
+    return dep["id"]
+
+
 def deployment_event(github, deployment_id):
     dep = github.deployments[deployment_id]
     payload = events.load_payload("deployment.created")
-    payload["deployment"].update(id=deployment_id, sha=dep["sha"], ref=dep["ref"], environment="production")
+    payload["deployment"].update(id=deployment_id, sha=dep["sha"], ref=dep["ref"], environment=dep["environment"])
     return events.api_gateway_event("deployment", payload, str(uuid.uuid4()), SECRET)
+
+
+def callback_event(callback_url, report):
+    """The deploy system's signed POST to its callback URL, as API Gateway hands it to the function."""
+    path = urllib.parse.urlparse(callback_url).path
+    body = json.dumps(report)
+    return {
+        "version": "2.0", "routeKey": "POST /callbacks/{token}", "rawPath": path, "rawQueryString": "",
+        "headers": {"content-type": "application/json", "user-agent": "deploy-system",
+                    "x-hub-signature-256": events.signature(SECRET, body.encode())},
+        "requestContext": {
+            "accountId": "123456789012", "apiId": "abc123", "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
+            "domainPrefix": "abc123", "http": {"method": "POST", "path": path, "protocol": "HTTP/1.1",
+                                               "sourceIp": "10.0.0.1", "userAgent": "deploy-system"},
+            "requestId": str(uuid.uuid4()), "routeKey": "POST /callbacks/{token}", "stage": "$default",
+            "time": "22/Nov/2026:19:00:00 +0000", "timeEpoch": 1795460400000},
+        "body": body, "isBase64Encoded": False,
+    }
+
+
+def scheduled_event():
+    return {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event", "source": "aws.events",
+            "account": "123456789012", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "region": "us-east-1", "resources": ["arn:aws:events:us-east-1:123456789012:rule/deploy-webhook-sweep"],
+            "detail": {}}
 
 
 def ignored_event():
@@ -88,7 +209,42 @@ def percentile(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-def run_subject(subject, env, github, endpoint, pr_numbers):
+class Meter:
+    """Wall time, CPU, DynamoDB requests and GitHub calls of the measured invocations only (the
+    deliveries that set them up are not counted)."""
+
+    def __init__(self, fn, github, endpoint):
+        self.fn, self.github, self.endpoint = fn, github, endpoint
+        self.latencies, self.cpu, self.ddb, self.gh, self.checks = [], 0, {}, 0, 0
+
+    def invoke(self, event):
+        before = ddb_stats(self.endpoint)
+        calls = len(self.github.calls)
+        cpu = cpu_ns(self.fn.proc.pid)
+        t0 = time.perf_counter()
+        response = self.fn.invoke(event)
+        self.latencies.append((time.perf_counter() - t0) * 1000)
+        self.cpu += cpu_ns(self.fn.proc.pid) - cpu
+        self.gh += len(self.github.calls) - calls
+        for op, n in ddb_stats(self.endpoint).items():
+            if n - before.get(op, 0):
+                self.ddb[op] = self.ddb.get(op, 0) + n - before.get(op, 0)
+        return response
+
+    def result(self):
+        n = len(self.latencies)
+        return {"p50": percentile(self.latencies, 50), "p99": percentile(self.latencies, 99),
+                "cpu_ms": self.cpu / n / 1e6, "ddb": {op: c / n for op, c in sorted(self.ddb.items())},
+                "github": self.gh / n, "n": n, "unexpected": self.checks}
+
+
+def expect_2xx(name, response):
+    code, body = status_of(response)
+    assert code is not None and 200 <= code < 300, f"{name}: answered {code} {body}"
+    return body
+
+
+def run_subject(subject, env, github, endpoint, pr_numbers, sweep_env=None, hook=None):
     result = {"init": [], "first": []}
     for _ in range(SPAWNS):
         fn = LambdaFor(subject, env)
@@ -101,45 +257,192 @@ def run_subject(subject, env, github, endpoint, pr_numbers):
             fn.stop()
     if not subject.full:
         return result
+    ours = sweep_env is not None  # the peer has no callbacks and no sweep
     fn = LambdaFor(subject, env)
     fn.wait_ready()
     try:
-        for kind in ("merged_pr", "deployment", "ignored"):
-            # Deployments to run: made first, so that their creation is not counted.
+        for kind in KINDS:
+            if kind == "sweep_timeout" or (kind in ("callback", "sweep_idle") and not ours):
+                continue
             deployment_ids = []
-            if kind == "deployment":
+            if kind == "deployment":  # deployments to run, made first so that their creation is not counted
                 for _ in range(WARM):
-                    code, _ = status_of(fn.invoke(merged_pr_event(next(pr_numbers))))
-                    assert 200 <= code < 300, f"{subject.name}: merged PR answered {code}"
+                    expect_2xx(f"{subject.name} merged PR", fn.invoke(merged_pr_event(next(pr_numbers))))
                     deployment_ids.append(max(github.deployments))  # ids only grow
             for _ in range(10):  # warm up
                 fn.invoke(ignored_event())
-            ddb_stats(endpoint, reset=True)
-            calls_before = len(github.calls)
-            cpu_before = fn.cpu_seconds()
-            latencies = []
+            meter = Meter(fn, github, endpoint)
             for i in range(WARM):
-                event = (merged_pr_event(next(pr_numbers)) if kind == "merged_pr"
-                         else deployment_event(github, deployment_ids[i]) if kind == "deployment" else ignored_event())
-                t0 = time.perf_counter()
-                code, _ = status_of(fn.invoke(event))
-                latencies.append((time.perf_counter() - t0) * 1000)
-                assert 200 <= code < 300, f"{subject.name} {kind}: {code}"
-            cpu = (fn.cpu_seconds() - cpu_before) / WARM * 1000
-            stats = ddb_stats(endpoint)
-            result[kind] = {
-                "p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "cpu_ms": cpu,
-                "ddb": {op: n / WARM for op, n in sorted(stats.items())},
-                "github": (len(github.calls) - calls_before) / WARM,
-            }
+                if kind == "merged_pr":
+                    expect_2xx(f"{subject.name} {kind}", meter.invoke(merged_pr_event(next(pr_numbers))))
+                elif kind == "deployment":
+                    body = expect_2xx(f"{subject.name} {kind}", meter.invoke(deployment_event(github, deployment_ids[i])))
+                    meter.checks += ours and body.get("status") != "processed"
+                elif kind == "callback":
+                    # The run starts (the hook answers 202 and keeps the callback URL), then its callback.
+                    expect_2xx("deployment for a callback",
+                               fn.invoke(deployment_event(github, add_deployment(github, "staging"))))
+                    call = hook.take()
+                    assert call and call.get("callback_url"), f"the async hook got no callback_url: {call}"
+                    body = expect_2xx(f"{subject.name} callback", meter.invoke(callback_event(
+                        call["callback_url"], {"state": "success", "description": "Deployed",
+                                               "log_url": "https://deploy.example.com/logs/1"})))
+                elif kind == "sweep_idle":
+                    answer = meter.invoke(scheduled_event())
+                    meter.checks += answer.get("status") != "swept" or answer.get("due") != 0
+                else:
+                    expect_2xx(f"{subject.name} {kind}", meter.invoke(ignored_event()))
+            result[kind] = meter.result()
         result["rss"] = fn.peak_rss_mb()
     finally:
         fn.stop()
+    if ours:
+        result["sweep_timeout"] = sweep_timeouts(subject, sweep_env, github, endpoint)
     return result
 
 
-def LambdaFor(subject, env):
-    return LocalLambda(subject.command, env=env, log=subprocess.DEVNULL).start()
+def sweep_timeouts(subject, env, github, endpoint):
+    """WARM runs in as many environments, each timing out SWEEP_TIMEOUT_MINUTES after it started;
+    a sweep just after each deadline times out exactly that one."""
+    timeout = SWEEP_TIMEOUT_MINUTES * 60
+    fn = LambdaFor(subject, env)
+    fn.wait_ready()
+    try:
+        for _ in range(10):
+            fn.invoke(ignored_event())
+        meter = Meter(fn, github, endpoint)
+        t0 = time.monotonic() + 0.5
+        plan = [(t0 + i * SWEEP_PACE, 0, i) for i in range(WARM)]  # (when, 0 = start a run / 1 = sweep, i)
+        heapq.heapify(plan)
+        while plan:
+            when, what, i = heapq.heappop(plan)
+            time.sleep(max(0.0, when - time.monotonic()))
+            if what == 0:
+                expect_2xx("a run that will time out",
+                           fn.invoke(deployment_event(github, add_deployment(github, f"sweep-{i}"))))
+                heapq.heappush(plan, (time.monotonic() + timeout + 0.02, 1, i))
+            else:
+                answer = meter.invoke(scheduled_event())
+                meter.checks += answer.get("healed") != 1
+        return meter.result()
+    finally:
+        fn.stop()
+
+
+def LambdaFor(subject, env, log=subprocess.DEVNULL):
+    return LocalLambda(subject.command, env=env, log=log).start()
+
+
+# ---------------------------------------------------------------- TLS: the first delivery
+
+def make_ca(workdir):
+    """A throwaway CA and a certificate for 127.0.0.1 signed by it (openssl), as PEM files."""
+    d = Path(workdir)
+    run = lambda cmd: subprocess.run(cmd, shell=True, check=True, cwd=d, capture_output=True)  # noqa: E731
+    run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 "
+        "-subj '/CN=deploy-webhook bench CA' -keyout ca.key -out ca.pem "
+        "-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign")
+    run("openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj '/CN=127.0.0.1' "
+        "-keyout server.key -out server.csr")
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+                               "extendedKeyUsage=serverAuth\n")
+    run("openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
+        "-extfile ext.cnf -out server.pem")
+    return d / "ca.pem", d / "server.pem", d / "server.key"
+
+
+class TlsStandIn:
+    """TLS on 127.0.0.1 in front of a plain HTTP stand-in: terminates TLS, pipes the bytes."""
+
+    def __init__(self, backend_port, cert, key):
+        self.backend = backend_port
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.handshakes = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self):
+        return f"https://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        try:
+            tls = self.context.wrap_socket(conn, server_side=True)
+            self.handshakes += 1
+            plain = socket.create_connection(("127.0.0.1", self.backend))
+            plain.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tls.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, ssl.SSLError):
+            conn.close()
+            return
+
+        def pipe(src, dst):
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (src, dst):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        threading.Thread(target=pipe, args=(plain, tls), daemon=True).start()
+        pipe(tls, plain)
+
+    def stop(self):
+        self.sock.close()
+
+
+def first_delivery_tls(commands, env, github, endpoint, pr_numbers):
+    """Cold starts with DynamoDB and GitHub behind TLS stand-ins: per way, median init, first
+    delivery (its wall time and CPU), and the CPU of init."""
+    workdir = tempfile.mkdtemp(prefix="bench-tls-")
+    try:
+        ca, cert, key = make_ca(workdir)
+        ddb_tls = TlsStandIn(int(endpoint.rsplit(":", 1)[1]), cert, key)
+        gh_tls = TlsStandIn(github.server.server_address[1], cert, key)
+        tls_env = {**env, "AWS_ENDPOINT_URL_DYNAMODB": ddb_tls.url, "GITHUB_API_URL": gh_tls.url,
+                   "EXTRA_CA_CERTS_FILE": str(ca)}
+        ways = {"plain HTTP (reference)": (commands["deploy-webhook"], env),
+                "TLS, connections opened by the first delivery (shipped)": (commands["deploy-webhook"], tls_env),
+                "TLS, connections opened during init": (commands["preconnect"], tls_env)}
+        out = {}
+        for way, (command, way_env) in ways.items():
+            rows = {"init": [], "init_cpu": [], "first": [], "first_cpu": [], "second": [], "handshakes": []}
+            for _ in range(SPAWNS):
+                fn = LocalLambda(command, env=way_env, log=subprocess.DEVNULL).start()
+                try:
+                    before = ddb_tls.handshakes + gh_tls.handshakes
+                    rows["init"].append(fn.wait_ready())
+                    rows["init_cpu"].append(cpu_ns(fn.proc.pid) / 1e6)
+                    for key_ in ("first", "second"):
+                        cpu = cpu_ns(fn.proc.pid)
+                        t0 = time.perf_counter()
+                        expect_2xx(f"{way}: merged PR", fn.invoke(merged_pr_event(next(pr_numbers))))
+                        rows[key_].append((time.perf_counter() - t0) * 1000)
+                        if key_ == "first":
+                            rows["first_cpu"].append((cpu_ns(fn.proc.pid) - cpu) / 1e6)
+                    rows["handshakes"].append(ddb_tls.handshakes + gh_tls.handshakes - before)
+                finally:
+                    fn.stop()
+            out[way] = {k: statistics.median(v) for k, v in rows.items()}
+        ddb_tls.stop()
+        gh_tls.stop()
+        return out
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def criterion():
@@ -155,15 +458,57 @@ def criterion():
     return rows
 
 
+def preconnect_binary():
+    """benches/preconnect.rs built with the release settings; the path of its executable."""
+    out = subprocess.run("cargo bench --locked --quiet --no-run --bench preconnect --message-format=json",
+                         shell=True, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg.get("target", {}).get("name") == "preconnect" \
+                and msg.get("executable"):
+            return msg["executable"]
+    raise SystemExit("could not find the preconnect executable")
+
+
+def log_lines(command, env, github, pr_numbers, hook):
+    """Lines the function logs at INFO per delivery, one delivery of each kind."""
+    with tempfile.NamedTemporaryFile(prefix="bench-log-", suffix=".log") as log:
+        fn = LocalLambda(command, env={**env, "AWS_LAMBDA_LOG_LEVEL": "INFO"}, log=log).start()
+        counts = {}
+        try:
+            fn.wait_ready()
+
+            def lines_of(event):
+                log.flush()
+                before = Path(log.name).read_text().count("\n")
+                fn.invoke(event)
+                time.sleep(0.05)  # let the last line reach the file
+                return Path(log.name).read_text().count("\n") - before
+
+            counts["merged_pr"] = lines_of(merged_pr_event(next(pr_numbers)))
+            counts["deployment"] = lines_of(deployment_event(github, max(github.deployments)))
+            lines_of(deployment_event(github, add_deployment(github, "staging")))
+            call = hook.take()
+            counts["callback"] = lines_of(callback_event(call["callback_url"], {"state": "success"}))
+            counts["sweep_idle"] = lines_of(scheduled_event())
+            counts["ignored"] = lines_of(ignored_event())
+        finally:
+            fn.stop()
+        return counts
+
+
 def main():
     started = time.monotonic()
-    print("building: release binary, floor, arm64 zip ...", flush=True)
+    print("building: release binary, floor, preconnect variant, arm64 zip ...", flush=True)
     sh("cargo build --release --locked --quiet")
     sh("cargo build --release --quiet --manifest-path bench/floor/Cargo.toml --target-dir target/floor")
-    sh("make --no-print-directory build > /dev/null")
-    zip_size = (ROOT / "target/lambda/deploy-webhook/bootstrap.zip").stat().st_size
-    subjects = [Subject("deploy-webhook", [str(ROOT / "target/release/deploy-webhook")]),
-                Subject("floor (hello world)", [str(ROOT / "target/floor/release/floor")], full=False)]
+    preconnect = preconnect_binary()
+    zip_size = None
+    if os.environ.get("BENCH_NO_ZIP") != "1":
+        sh("make --no-print-directory build > /dev/null")
+        zip_size = (ROOT / "target/lambda/deploy-webhook/bootstrap.zip").stat().st_size
+    ours = Subject("deploy-webhook", [str(ROOT / "target/release/deploy-webhook")])
+    subjects = [ours, Subject("floor (hello world)", [str(ROOT / "target/floor/release/floor")], full=False)]
     peer_note = ""
     if (PEER_DIR / "bootstrap").exists():
         try:
@@ -176,41 +521,81 @@ def main():
 
     ddb, endpoint = start_dynamodb()
     github = GitHubStandIn().start()
+    hook = Hook().start()
     env = {"GITHUB_WEBHOOK_SECRET": SECRET, "GITHUB_TOKEN": "ghp_bench", "GITHUB_API_URL": github.url,
            "DEPLOYMENTS_TABLE": TABLE, "AWS_ENDPOINT_URL_DYNAMODB": endpoint,
            "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(MEMORY_MB), "AWS_LAMBDA_LOG_LEVEL": "WARN"}
+    # deploy-webhook only: staging deploys through an asynchronous hook (the callback kind).
+    ours_env = {**env, "DEPLOY_HOOK_URL_STAGING": f"{hook.url}/accept"}
+    sweep_env = {**env, "DEPLOY_HOOK_URL": f"{hook.url}/never", "DEPLOY_TIMEOUT_MINUTES": str(SWEEP_TIMEOUT_MINUTES),
+                 "DEPLOY_RULES": ",".join(["@default=production"] + [f"sweep/{i}=sweep-{i}" for i in range(WARM)])}
     pr_numbers = iter(range(1000, 10**9))
     results = {}
     try:
         for subject in subjects:
             print(f"measuring {subject.name} ...", flush=True)
-            results[subject.name] = run_subject(subject, env, github, endpoint, pr_numbers)
+            if subject is ours:
+                results[subject.name] = run_subject(subject, ours_env, github, endpoint, pr_numbers,
+                                                    sweep_env=sweep_env, hook=hook)
+            else:
+                results[subject.name] = run_subject(subject, env, github, endpoint, pr_numbers)
+        print("log lines per delivery at INFO ...", flush=True)
+        logs = log_lines(ours.command, ours_env, github, pr_numbers, hook)
+        print("first delivery after a cold start over TLS ...", flush=True)
+        tls = first_delivery_tls({"deploy-webhook": ours.command, "preconnect": [preconnect]}, ours_env, github,
+                                 endpoint, pr_numbers)
     finally:
+        hook.stop()
         github.stop()
         ddb.terminate()
     print("criterion: verify + decode + parse ...", flush=True)
     throughput = criterion()
-    report = render(results, throughput, zip_size, peer_note, time.monotonic() - started)
+    report = render(results, throughput, zip_size, peer_note, time.monotonic() - started, logs, tls)
     print(report)
     (ROOT / "docs" / "BENCHMARKS.md").write_text(report)
 
 
-def render(results, throughput, zip_size, peer_note, elapsed):
+def cpu_profile(ours):
+    """CPU per delivery as base + a per DynamoDB request + b per GitHub call (least squares over the
+    kinds measured): what the CPU goes to."""
+    rows = [(1.0, sum(ours[k]["ddb"].values()), ours[k]["github"], ours[k]["cpu_ms"]) for k in KINDS if k in ours]
+    # normal equations for 3 unknowns
+    m = [[sum(r[i] * r[j] for r in rows) for j in range(3)] for i in range(3)]
+    v = [sum(r[i] * r[3] for r in rows) for i in range(3)]
+
+    def det(a):
+        return (a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1]) - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
+                + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0]))
+
+    d = det(m)
+    if abs(d) < 1e-12:
+        return None
+    sol = []
+    for c in range(3):
+        mc = [row[:] for row in m]
+        for r in range(3):
+            mc[r][c] = v[r]
+        sol.append(det(mc) / d)
+    return sol
+
+
+def render(results, throughput, zip_size, peer_note, elapsed, logs, tls):
     ours = results["deploy-webhook"]
     floor = results["floor (hello world)"]
     peer = results.get("python peer (Powertools)")
     med = statistics.median
     cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    mem_gb = next((int(l.split()[1]) / 1024 / 1024 for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
     lines = [
         "# Benchmarks",
         "",
         "Written by `make bench` (tools/bench.py); do not edit by hand. Ratios from one run are what count:",
         "the machine is shared and noisy, absolute figures are context.",
         "",
-        f"Machine: {cpu_model}, {os.cpu_count()} cores, Linux {platform.release()}, "
+        f"Machine: {cpu_model}, {os.cpu_count()} cores (shared), {mem_gb:.0f} GB, Linux {platform.release()}, "
         f"Python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-        f"{SPAWNS} cold starts and {WARM} warm deliveries per type; run took {elapsed:.0f} s.",
+        f"{SPAWNS} cold starts and {WARM} warm deliveries per kind; run took {elapsed:.0f} s.",
         "Each function is a fresh process under a local Lambda Runtime API; DynamoDB is moto on loopback",
         "(requests serialized), GitHub is the loopback stand-in, so latencies are dominated by moto.",
         "",
@@ -223,30 +608,80 @@ def render(results, throughput, zip_size, peer_note, elapsed):
         lines.append(f"| {name} | {med(r['init']):.1f} ms | {med(r['first']):.1f} ms |")
     lines += ["", f"Init ratio deploy-webhook / floor: **{med(ours['init']) / med(floor['init']):.2f}×** (target ≤ 1.5×)."]
     if peer:
-        lines.append(f"Init ratio deploy-webhook / Python peer: {med(ours['init']) / med(peer['init']):.2f}×.")
-    lines += ["", "The floor's first delivery is a fixed answer; the others' is a merged PR (2 DynamoDB round trips"
-              " before GitHub, GitHub, 2 after).", "", "## Warm deliveries", "",
+        lines.append(f"Init ratio deploy-webhook / Python peer: {med(ours['init']) / med(peer['init']):.3f}×.")
+    lines += ["", "The floor's first delivery is a fixed answer; the others' is a merged PR.", "",
+              "## Warm deliveries", "",
+              "CPU is the process CPU clock around each measured invocation (all threads); DynamoDB requests and",
+              "GitHub calls are counted around each one, so the deliveries that set a kind up are not counted.",
+              "The peer has no callbacks and no sweep (–).", "",
               "| function | delivery | p50 | p99 | CPU per delivery | DynamoDB requests per delivery | GitHub calls |",
               "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
-        for kind in ("merged_pr", "deployment", "ignored"):
+        if "rss" not in r:
+            continue
+        for kind in KINDS:
             if kind in r:
                 k = r[kind]
                 ddb = ", ".join(f"{op} {n:g}" for op, n in k["ddb"].items()) or "none"
-                lines.append(f"| {name} | {kind} | {k['p50']:.1f} ms | {k['p99']:.1f} ms | {k['cpu_ms']:.2f} ms | "
-                             f"{ddb} | {k['github']:g} |")
+                lines.append(f"| {name} | {KIND_NAMES[kind]} | {k['p50']:.1f} ms | {k['p99']:.1f} ms | "
+                             f"{k['cpu_ms']:.2f} ms | {ddb} | {k['github']:g} |")
+            elif kind in ("callback", "sweep_idle", "sweep_timeout"):
+                lines.append(f"| {name} | {KIND_NAMES[kind]} | – | – | – | – | – |")
+    odd = {kind: ours[kind]["unexpected"] for kind in KINDS if ours.get(kind, {}).get("unexpected")}
+    if odd:
+        lines += ["", "Unexpected answers (of the measured deliveries): " + ", ".join(
+            f"{KIND_NAMES[k]} {n}" for k, n in odd.items()) + " (a sweep should heal exactly one run; a "
+            "deployment should answer `processed`)."]
+    else:
+        lines += ["", "Every measured delivery answered as expected (each timing-out sweep healed exactly one run)."]
+    writes = {k: sum(n for op, n in ours[k]["ddb"].items() if op in WRITE_OPS) for k in KINDS if k in ours}
+    lines += ["", "DynamoDB writes per delivery, deploy-webhook: " + ", ".join(
+        f"{KIND_NAMES[k]} **{w:g}**" for k, w in writes.items()) + " (target: 2 per merged PR and per synchronous"
+        " deployment).", "",
+        "Log lines per delivery at INFO (`AWS_LAMBDA_LOG_LEVEL=INFO`): " + ", ".join(
+            f"{KIND_NAMES[k]} {n}" for k, n in logs.items()) + "."]
+    profile = cpu_profile(ours)
+    if profile:
+        base, per_ddb, per_gh = profile
+        lines += ["", "## Where the CPU goes", "",
+                  "A least-squares fit of deploy-webhook's CPU per delivery over the kinds above, as a fixed part",
+                  "plus a cost per DynamoDB request and per GitHub call:", "",
+                  "| part | CPU |", "|---|---|",
+                  f"| fixed (runtime, event, HMAC, parse, log line, answer) | {base:.2f} ms |",
+                  f"| per DynamoDB request (AWS SDK: orchestrator, SigV4, endpoint, serde, hyper) | {per_ddb:.2f} ms |",
+                  f"| per GitHub call (reqwest, JSON) | {per_gh:.2f} ms |", ""]
+        mp = ours["merged_pr"]
+        n_ddb = sum(mp["ddb"].values())
+        lines.append(f"A merged PR: {base:.2f} + {n_ddb:g} × {per_ddb:.2f} + {mp['github']:g} × {per_gh:.2f} = "
+                     f"{base + n_ddb * per_ddb + mp['github'] * per_gh:.2f} ms modelled, {mp['cpu_ms']:.2f} ms measured; "
+                     f"the DynamoDB requests are {n_ddb * per_ddb / mp['cpu_ms'] * 100:.0f}% of it.")
     lines += ["", "## Memory", "", "| function | peak RSS |", "|---|---|"]
     for name, r in results.items():
         if "rss" in r:
             lines.append(f"| {name} | {r['rss']:.1f} MB |")
     if peer:
-        cpu_ratio = statistics.mean(ours[k]["cpu_ms"] / peer[k]["cpu_ms"] for k in ("merged_pr", "deployment"))
-        lines += ["", f"CPU per warm delivery, deploy-webhook / Python peer (merged PR and deployment, mean of the "
-                      f"two ratios): **{cpu_ratio:.3f}** (target ≤ 0.1).",
-                  f"Peak RSS deploy-webhook / Python peer: **{ours['rss'] / peer['rss']:.2f}** (target ≤ 0.33, "
-                  f"and under 32 MB)."]
+        ratios = {k: ours[k]["cpu_ms"] / peer[k]["cpu_ms"] for k in ("merged_pr", "deployment")}
+        walls = {k: ours[k]["p50"] / peer[k]["p50"] for k in ("merged_pr", "deployment")}
+        lines += ["", "## Against the peer", "",
+                  f"CPU per warm delivery, deploy-webhook / Python peer: merged PR **{ratios['merged_pr']:.3f}**, "
+                  f"deployment **{ratios['deployment']:.3f}** (target ≤ 0.1, or the profile above).",
+                  f"Wall p50, deploy-webhook / Python peer: merged PR **{walls['merged_pr']:.2f}**, deployment "
+                  f"**{walls['deployment']:.2f}** (target ≤ 1).",
+                  f"Peak RSS deploy-webhook / Python peer: **{ours['rss'] / peer['rss']:.2f}** (target under 16 MB)."]
     if peer_note:
         lines += ["", peer_note]
+    if tls:
+        lines += ["", "## First delivery after a cold start, over TLS", "",
+                  "DynamoDB and GitHub behind TLS stand-ins on loopback (Python `ssl`, a throwaway CA given through",
+                  "`EXTRA_CA_CERTS_FILE`, certificates for 127.0.0.1), a merged PR as the first and second delivery;",
+                  f"medians of {SPAWNS} cold starts per way. Handshakes: TLS connections the stand-ins accepted per cold",
+                  "start (through the first two deliveries).", "",
+                  "| way | init | CPU of init | first delivery | its CPU | second delivery | spawn → end of first | handshakes |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for way, r in tls.items():
+            lines.append(f"| {way} | {r['init']:.1f} ms | {r['init_cpu']:.1f} ms | {r['first']:.1f} ms | "
+                         f"{r['first_cpu']:.1f} ms | {r['second']:.1f} ms | {r['init'] + r['first']:.1f} ms | "
+                         f"{r['handshakes']:g} |")
     lines += ["", "## Verify + decode + parse (criterion, one core)", "", "| payload | time | throughput |",
               "|---|---|---|"]
     sizes = {"5KB": 5 * 1024, "100KB": 100 * 1024, "5MB": 5 * 1024 * 1024}
@@ -254,23 +689,25 @@ def render(results, throughput, zip_size, peer_note, elapsed):
         mbps = sizes.get(name, 0) / (ns / 1e9) / 1e6 if ns else 0
         lines.append(f"| {name} | {ns / 1000:.1f} µs | {mbps:.0f} MB/s |")
     lines += ["", "## Cost model (on-demand, us-east-1, 256 MB arm64)", "",
-              "Per 100 000 deliveries of one type: DynamoDB request units from the counters above (every"
+              "Per 100 000 deliveries of one kind: DynamoDB request units from the counters above (every"
               " item is under 1 KB: one unit per request), Lambda billed duration = the warm p50 (an upper"
-              " bound here: moto is slower than DynamoDB), plus API Gateway HTTP API requests.", "",
-              "| delivery | DynamoDB writes | reads | GitHub calls | DynamoDB $ | Lambda $ | API Gateway $ | total $ |",
+              " bound here: moto is slower than DynamoDB), plus API Gateway HTTP API requests (none for the sweep).",
+              "", "| delivery | DynamoDB writes | reads | GitHub calls | DynamoDB $ | Lambda $ | API Gateway $ | total $ |",
               "|---|---|---|---|---|---|---|---|"]
-    for kind in ("merged_pr", "deployment", "ignored"):
+    for kind in KINDS:
+        if kind not in ours:
+            continue
         k = ours[kind]
-        writes = sum(n for op, n in k["ddb"].items() if op in ("UpdateItem", "PutItem", "DeleteItem"))
-        reads = sum(n for op, n in k["ddb"].items() if op in ("GetItem", "Query", "Scan"))
-        ddb_cost = 1e5 * (writes * PRICE_WRU + reads * PRICE_RRU)
+        w = sum(n for op, n in k["ddb"].items() if op in WRITE_OPS)
+        reads = sum(n for op, n in k["ddb"].items() if op in READ_OPS)
+        ddb_cost = 1e5 * (w * PRICE_WRU + reads * PRICE_RRU)
         lambda_cost = 1e5 * (k["p50"] / 1000 * MEMORY_MB / 1024 * PRICE_GB_S + PRICE_REQ)
-        api_cost = 1e5 * PRICE_API
-        lines.append(f"| {kind} | {writes:g} | {reads:g} | {k['github']:g} | {ddb_cost:.3f} | {lambda_cost:.3f} | "
-                     f"{api_cost:.3f} | {ddb_cost + lambda_cost + api_cost:.3f} |")
+        api_cost = 0 if kind.startswith("sweep") else 1e5 * PRICE_API
+        lines.append(f"| {KIND_NAMES[kind]} | {w:g} | {reads:g} | {k['github']:g} | {ddb_cost:.3f} | "
+                     f"{lambda_cost:.3f} | {api_cost:.3f} | {ddb_cost + lambda_cost + api_cost:.3f} |")
     lines += ["", "## Artifact", "",
               f"`cargo lambda build --release --arm64`: bootstrap.zip is **{zip_size / 1048576:.2f} MB** "
-              f"({zip_size} bytes; target ≤ 5 MB).", ""]
+              f"({zip_size} bytes; target ≤ 5 MB)." if zip_size else "Not built in this run (BENCH_NO_ZIP=1).", ""]
     return "\n".join(lines)
 
 

@@ -71,10 +71,16 @@ impl std::fmt::Debug for GitHubClient {
 /// CA certificates trusted in addition to the compiled-in web PKI roots (`EXTRA_CA_CERTS_FILE`):
 /// for a GitHub Enterprise Server or a deploy hook behind a private CA. Parsed and checked once,
 /// at init; empty by default.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct ExtraCaCerts {
     pem: Vec<u8>,
     anchors: Vec<TrustAnchor<'static>>,
+}
+
+impl std::fmt::Debug for ExtraCaCerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ExtraCaCerts({} certificates)", self.anchors.len())
+    }
 }
 
 impl ExtraCaCerts {
