@@ -304,11 +304,40 @@ async fn a_start_that_failed_is_retried_by_the_sweep() {
     drop(down);
     app.github.reset().await;
     github_accepts_statuses(&app).await;
+    // The failed post may have been applied: the sweep asks GitHub first (nothing was).
+    Mock::given(method("GET"))
+        .and(path_regex(r"/deployments/71/statuses$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .expect(1)
+        .mount(&app.github)
+        .await;
     assert_eq!(app.sweep().await.due, 0, "not before the retry time");
     app.clock.advance(Duration::from_secs(31));
     assert_eq!(app.sweep().await.healed, 1);
     assert_eq!(states_of(&posted(&app).await, 71), ["in_progress"]);
     assert_eq!(hook.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_redelivery_right_after_a_failed_step_reconciles_before_posting_again() {
+    let (app, _hook) = async_app().await;
+    app.github.reset().await;
+    // in_progress is applied but answered 500, and GitHub is down for the checks after it.
+    let down = Mock::given(method("POST")).respond_with(ResponseTemplate::new(500)).mount_as_scoped(&app.github).await;
+    let event = deployment(72, "2026-11-22T19:00:00Z");
+    assert_eq!(app.send(&event).await.0, 502);
+    drop(down);
+    app.github.reset().await;
+    github_accepts_statuses(&app).await;
+    Mock::given(method("GET"))
+        .and(path_regex(r"/deployments/72/statuses$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([{"id": 5, "state": "in_progress"}])))
+        .expect(1)
+        .mount(&app.github)
+        .await;
+    let (status, body) = app.send(&event).await;
+    assert_eq!((status, body["detail"]["state"].as_str()), (200, Some("in_progress")), "{body}");
+    assert!(states_of(&posted(&app).await, 72).is_empty(), "in_progress is not posted again");
 }
 
 #[tokio::test]

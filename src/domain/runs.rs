@@ -304,7 +304,7 @@ impl EnvironmentState {
     /// new trigger arrives.
     pub fn due_at(&self) -> Option<u64> {
         if let Some(lease) = &self.lease {
-            return Some(lease.until_ms);
+            return Some(lease.until_ms.max(self.retry_at_ms.unwrap_or(0)));
         }
         let owes_work = !self.notices.is_empty()
             || (self.running.is_none() && self.can_start_next())
@@ -757,11 +757,22 @@ pub fn after_work(state: &EnvironmentState, done: &Done, ctx: &Ctx<'_>, settings
     s
 }
 
-/// Releases the lease (the holder is done, or stops after a failure with a retry time).
+/// Releases the lease: when the holder is done (`None`), or when it stops early
+/// (`Some(retry_at)`: a step failed or time ran out; the sweep tries again from `retry_at`). A
+/// step that failed may have been applied (GitHub answered 500 after doing it), so then the
+/// lease is left expired rather than removed: the next holder (a redelivery at once, or the
+/// sweep) takes it over and reconciles with GitHub before posting again.
 pub fn release(state: &EnvironmentState, token: &str, retry_at_ms: Option<u64>) -> EnvironmentState {
     let mut s = state.clone();
     if s.holds_lease(token) {
-        s.lease = None;
+        match retry_at_ms {
+            None => s.lease = None,
+            Some(_) => {
+                if let Some(lease) = &mut s.lease {
+                    lease.until_ms = 0;
+                }
+            }
+        }
         s.retry_at_ms = retry_at_ms;
     }
     s
