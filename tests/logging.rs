@@ -89,3 +89,43 @@ async fn no_secret_signature_or_payload_text_is_ever_logged() {
         }
     }
 }
+
+#[tokio::test]
+async fn each_delivery_logs_one_line_at_info() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("deploy_webhook=info")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let app = TestApp::start().await;
+    Mock::given(method("POST"))
+        .and(path_regex("/deployments$"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 1})))
+        .mount(&app.github)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex("/statuses$"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 2, "state": "success"})))
+        .mount(&app.github)
+        .await;
+    let lines = || String::from_utf8(captured.0.lock().unwrap().clone()).unwrap().lines().count();
+    let mut before = lines();
+    for event in [
+        Event::github("pull_request", &new_delivery_id(), &merged_pr(2, "master")),
+        Event::github("deployment", &new_delivery_id(), &deployment_created(1, "production")),
+        Event::github("deployment_status", &new_delivery_id(), &deployment_status(1, 2, "success")),
+        Event::github("ping", &new_delivery_id(), &fixture("ping")),
+    ] {
+        assert_eq!(app.send(&event).await.0, 200);
+        let now = lines();
+        let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(now - before, 1, "one INFO line per delivery:\n{logs}");
+        before = now;
+    }
+    app.sweep().await;
+    assert_eq!(lines() - before, 0, "an idle sweep's line comes from the Lambda entrypoint only");
+}

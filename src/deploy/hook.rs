@@ -16,7 +16,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use reqwest::{Client, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use crate::deploy::slack::{self, SlackTargets};
 use crate::domain::Deadline;
@@ -151,12 +151,12 @@ impl DeployAction for HookDeployer {
             .await;
         match sent {
             Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
-                info!(deployment_id = %d.id, "deploy hook accepted the deployment; waiting for its callback");
+                debug!(deployment_id = %d.id, "deploy hook accepted the deployment; waiting for its callback");
                 HookAnswer::Accepted
             }
             Ok(resp) if resp.status().is_success() => {
                 let answer: HookAnswerBody = resp.json().await.unwrap_or_default();
-                info!(deployment_id = %d.id, "deploy hook succeeded");
+                debug!(deployment_id = %d.id, "deploy hook succeeded");
                 finished(DeploymentState::Success, deployed, answer, environment_url)
             }
             Ok(resp) => {

@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use super::deadline::Deadline;
 use super::event::CommentCommand;
@@ -173,7 +173,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         deadline: Deadline,
     ) -> Result<CommandResult, ServiceError> {
         let command = Command::parse(&cmd.line);
-        info!(comment_id = cmd.comment_id, command = ?std::mem::discriminant(&command), "comment command");
+        debug!(comment_id = cmd.comment_id, command = ?std::mem::discriminant(&command), "comment command");
         if matches!(command, Command::Help | Command::Unknown) {
             self.github.comment(&cmd.repo, cmd.issue, HELP, deadline).await?;
             return Ok(CommandResult::Replied);

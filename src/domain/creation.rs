@@ -3,7 +3,7 @@
 //! deployed or queued in that environment is not deployed at all (`superseded`).
 
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use super::deadline::Deadline;
 use super::event::MergedPullRequest;
@@ -101,13 +101,13 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             if let Some(id) =
                 self.github.find_deployment(&pr.repo, &pr.merge_sha, &key.environment, &marker, deadline).await?
             {
-                info!(deployment_id = %id, "found the deployment an earlier attempt created");
+                debug!(deployment_id = %id, "found the deployment an earlier attempt created");
                 self.store.finish_deployment_creation(key, lease, &CreationRecord::Created(id)).await?;
                 return Ok(EnvironmentResult::AlreadyCreated(id));
             }
         }
         if self.later_merge_there(pr, &key.environment).await? {
-            info!(environment = %key.environment, "a later merge is already deployed or queued: not deploying this one");
+            debug!(environment = %key.environment, "a later merge is already deployed or queued: not deploying this one");
             self.store.finish_deployment_creation(key, lease, &CreationRecord::Superseded).await?;
             return Ok(EnvironmentResult::Superseded);
         }
@@ -120,7 +120,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                 // sweep) instead of refusing the merge for good.
                 self.wait_for_checks(delivery, pr, &key.environment, &contexts).await?;
                 self.store.finish_deployment_creation(key, lease, &CreationRecord::WaitingForChecks).await?;
-                info!(environment = %key.environment, contexts = ?contexts, "checks pending: the merge waits for them");
+                debug!(environment = %key.environment, contexts = ?contexts, "checks pending: the merge waits for them");
                 return Ok(EnvironmentResult::WaitingForChecks { contexts });
             }
             record => record,
@@ -128,11 +128,11 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         self.store.finish_deployment_creation(key, lease, &record).await?;
         Ok(match record {
             CreationRecord::Created(id) => {
-                info!(deployment_id = %id, environment = %key.environment, "deployment created");
+                debug!(deployment_id = %id, environment = %key.environment, "deployment created");
                 EnvironmentResult::Created(id)
             }
             CreationRecord::Rejected { status, message } => {
-                info!(github_status = status, environment = %key.environment, "GitHub rejected the deployment");
+                debug!(github_status = status, environment = %key.environment, "GitHub rejected the deployment");
                 EnvironmentResult::Rejected { status, message }
             }
             CreationRecord::Superseded => EnvironmentResult::Superseded,

@@ -5,7 +5,7 @@
 //! it is `rejected`, naming the checks that never completed. Failed checks are refused at once.
 
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use super::deadline::Deadline;
 use super::event::MergedPullRequest;
@@ -135,7 +135,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             }
         }
         if created + rejected + waiting > 0 {
-            info!(%sha, created, rejected, waiting, "checks changed for waiting merges");
+            debug!(%sha, created, rejected, waiting, "checks changed for waiting merges");
         }
         Ok(Outcome::ChecksChecked { created, rejected, waiting })
     }

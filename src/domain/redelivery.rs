@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use super::deadline::Deadline;
 use super::ports::{Clock, DeployAction, GitHub, HookDelivery, HookRef, Store};
@@ -204,7 +204,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             // Another sweep may have written meanwhile: then its view wins this round.
             let _ = self.store.save_redelivery(hook, &plan.next, current.version).await?;
         }
-        info!(
+        debug!(
             hook = %hook,
             seen = plan.seen,
             redelivered = plan.redeliver.len(),

@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use base64::Engine;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use super::deadline::Deadline;
 use super::event::DeploymentCreated;
@@ -82,7 +82,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             current = self.drive(&key, current, &me, deadline).await?;
         }
         let state = state_of(&current.state, d.id);
-        info!(deployment_id = %d.id, environment = %d.environment, verdict = ?verdict, state = %state, "deployment handled");
+        debug!(deployment_id = %d.id, environment = %d.environment, verdict = ?verdict, state = %state, "deployment handled");
         Ok(Outcome::Deployment { id: d.id, verdict, state })
     }
 
@@ -103,7 +103,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         if current.state.holds_lease(me.token()) {
             self.drive(&key, current, &me, deadline).await?;
         }
-        info!(deployment_id = %token.deployment, environment = %token.environment, verdict = ?verdict, "callback handled");
+        debug!(deployment_id = %token.deployment, environment = %token.environment, verdict = ?verdict, "callback handled");
         Ok(Outcome::Callback { id: token.deployment, verdict })
     }
 
@@ -119,7 +119,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         let me = Holder::new();
         let (verdict, current) = self.transition(key, None, &Trigger::TerminalStatus { id, state }, &me).await?;
         if verdict == Verdict::Accepted {
-            info!(deployment_id = %id, %state, "the running deployment was ended by a status posted outside deploy-webhook");
+            debug!(deployment_id = %id, %state, "the running deployment was ended by a status posted outside deploy-webhook");
         }
         if current.state.holds_lease(me.token()) {
             self.drive(key, current, &me, deadline).await?;
@@ -233,7 +233,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             };
             let reserve = if work == Work::CallHook { HOOK_RESERVE } else { STEP_RESERVE };
             if deadline.remaining() < reserve {
-                info!(environment = %key.environment, "out of time for this delivery; the sweep takes over");
+                debug!(environment = %key.environment, "out of time for this delivery; the sweep takes over");
                 let released = runs::release(&working, me.token(), Some(ctx.now));
                 return match self.save_held(key, &current, released, me).await? {
                     Ok(saved) | Err(saved) => Ok(saved),
@@ -309,7 +309,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                     statuses.sort_by_key(|s| s.id);
                     posted.push((id, statuses.into_iter().map(|s| s.state).collect()));
                 }
-                info!(%environment, "took over an environment whose holder stopped; reconciled with GitHub");
+                debug!(%environment, "took over an environment whose holder stopped; reconciled with GitHub");
                 Ok(Done::Reconciled { posted })
             }
             Work::PostNotice(notice) => {
@@ -384,7 +384,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                     }),
                 };
                 self.github.create_deployment_status(repo, run.deployment.id, &status, deadline).await?;
-                info!(deployment_id = %run.deployment.id, %environment, state = %result.state, "deployment finished");
+                debug!(deployment_id = %run.deployment.id, %environment, state = %result.state, "deployment finished");
                 let now = self.clock.now_ms();
                 let took = Some(now.saturating_sub(run.started_ms));
                 let links = (status.log_url.as_deref(), status.environment_url.as_deref());

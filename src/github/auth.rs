@@ -12,7 +12,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
 use reqwest::{Client, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use tracing::debug;
 
 use crate::domain::Deadline;
 use crate::domain::ports::{Clock, GitHubError};
@@ -228,7 +228,7 @@ impl GitHubAuth {
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(self.now_secs() + 3600, |d| d.as_secs());
-        info!(installation, "installation token obtained");
+        debug!(installation, "installation token obtained");
         Ok(CachedToken { token: SecretString::from(body.token), expires_at })
     }
 }

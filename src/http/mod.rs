@@ -70,7 +70,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> WebhookHandler<S, G, D, C> 
         async move {
             match self.process(&request, deadline).await {
                 Ok((delivery, outcome)) => {
-                    info!(status = outcome.status(), "delivery handled");
+                    info!(status = outcome.status(), detail = %outcome.detail(), "delivery handled");
                     metrics::emit(
                         SystemClock.now_ms(),
                         Some(("Outcome", outcome.status())),
