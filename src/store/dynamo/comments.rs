@@ -77,13 +77,6 @@ impl DynamoStore {
         lease: &Lease,
     ) -> Result<(), StoreError> {
         let (pk, sk) = comment_key(repo, id);
-        let update = self
-            .update(pk, sk)
-            .update_expression("SET lease_until = :zero, updated_at = :iso")
-            .condition_expression("lease_token = :token")
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":iso", s(now_iso()))
-            .expression_attribute_values(":token", s(&lease.token));
-        self.guarded(update, "release comment").await.map(drop)
+        self.release_claim(pk, sk, lease, "release comment").await
     }
 }

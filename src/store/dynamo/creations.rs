@@ -124,13 +124,6 @@ impl DynamoStore {
 
     pub(super) async fn release_creation(&self, key: &CreationKey, lease: &Lease) -> Result<(), StoreError> {
         let (pk, sk) = creation_key(key);
-        let update = self
-            .update(pk, sk)
-            .update_expression("SET lease_until = :zero, updated_at = :iso")
-            .condition_expression("lease_token = :token")
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":iso", s(now_iso()))
-            .expression_attribute_values(":token", s(&lease.token));
-        self.guarded(update, "release deployment creation").await.map(drop)
+        self.release_claim(pk, sk, lease, "release deployment creation").await
     }
 }

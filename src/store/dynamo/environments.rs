@@ -126,7 +126,10 @@ impl DynamoStore {
         self.save_doc(environment_key(key), state, attributes, expected).await
     }
 
-    pub(super) async fn due_envs(&self, now_ms: u64, limit: usize) -> Result<Vec<(EnvKey, Versioned)>, StoreError> {
+    /// The items of `kind` in the sparse `due` index whose time has come. The index is
+    /// eventually consistent: a stale copy only costs a failed conditional write, which returns
+    /// the fresh item.
+    async fn due(&self, kind: &str, now_ms: u64, limit: usize) -> Result<Vec<Item>, StoreError> {
         let out = self
             .client
             .query()
@@ -136,14 +139,20 @@ impl DynamoStore {
             .filter_expression("kind = :kind")
             .expression_attribute_values(":due", AttributeValue::S(DUE_PARTITION.to_owned()))
             .expression_attribute_values(":now", n(now_ms))
-            .expression_attribute_values(":kind", s("environment"))
+            .expression_attribute_values(":kind", s(kind))
             .limit(limit.min(1000) as i32)
             .send()
             .await
             .map_err(unavailable)?;
-        // The index is eventually consistent: a stale copy only costs a failed conditional write,
-        // which returns the fresh item.
-        out.items.unwrap_or_default().iter().map(|item| Ok((env_key_of(item)?, versioned(item)?))).collect()
+        Ok(out.items.unwrap_or_default())
+    }
+
+    pub(super) async fn due_envs(&self, now_ms: u64, limit: usize) -> Result<Vec<(EnvKey, Versioned)>, StoreError> {
+        self.due("environment", now_ms, limit)
+            .await?
+            .iter()
+            .map(|item| Ok((env_key_of(item)?, versioned(item)?)))
+            .collect()
     }
 
     pub(super) async fn load_checks_wait_doc(
@@ -175,22 +184,8 @@ impl DynamoStore {
         now_ms: u64,
         limit: usize,
     ) -> Result<Vec<(RepoFullName, Sha)>, StoreError> {
-        let out = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(DUE_INDEX)
-            .key_condition_expression("due_pk = :due AND due_at <= :now")
-            .filter_expression("kind = :kind")
-            .expression_attribute_values(":due", AttributeValue::S(DUE_PARTITION.to_owned()))
-            .expression_attribute_values(":now", n(now_ms))
-            .expression_attribute_values(":kind", s("checks_wait"))
-            .limit(limit.min(1000) as i32)
-            .send()
-            .await
-            .map_err(unavailable)?;
-        out.items
-            .unwrap_or_default()
+        self.due("checks_wait", now_ms, limit)
+            .await?
             .iter()
             .map(|item| {
                 let repo = get_s(item, "repository").and_then(|r| RepoFullName::parse(r).ok());

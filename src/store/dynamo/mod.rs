@@ -102,6 +102,21 @@ impl DynamoStore {
     }
 }
 
+impl DynamoStore {
+    /// Frees a claim at once (its work failed): the next attempt may take it without waiting
+    /// for the lease to run out.
+    async fn release_claim(&self, pk: String, sk: String, lease: &Lease, what: &str) -> Result<(), StoreError> {
+        let update = self
+            .update(pk, sk)
+            .update_expression("SET lease_until = :zero, updated_at = :iso")
+            .condition_expression("lease_token = :token")
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":iso", s(now_iso()))
+            .expression_attribute_values(":token", s(&lease.token));
+        self.guarded(update, what).await.map(drop)
+    }
+}
+
 /// `Ok(old item)` if `err` is a failed condition, else the error as a [`StoreError`].
 fn condition_failed(err: SdkError<UpdateItemError>) -> Result<Option<Item>, StoreError> {
     match err {
