@@ -655,6 +655,15 @@ def render(results, throughput, zip_size, peer_note, elapsed, logs, tls):
         lines.append(f"A merged PR: {base:.2f} + {n_ddb:g} × {per_ddb:.2f} + {mp['github']:g} × {per_gh:.2f} = "
                      f"{base + n_ddb * per_ddb + mp['github'] * per_gh:.2f} ms modelled, {mp['cpu_ms']:.2f} ms measured; "
                      f"the DynamoDB requests are {n_ddb * per_ddb / mp['cpu_ms'] * 100:.0f}% of it.")
+        if peer:
+            budget = 0.1 * peer["merged_pr"]["cpu_ms"]
+            lines += ["", f"What is left, and why: 0.1× the peer is {budget:.2f} ms per merged PR. The {n_ddb:g} DynamoDB "
+                      f"requests a merged PR needs at least (the claim and the result, 2 conditional writes, and the "
+                      f"GetItem of the environment for the merge-order check) cost {n_ddb * per_ddb:.2f} ms in the AWS "
+                      f"SDK for Rust, the dependency of record (per request: the orchestrator and its interceptors, "
+                      f"endpoint resolution, SigV4 signing, JSON serde of the item, hyper). Everything else (Lambda "
+                      f"runtime, the 28 KB event, HMAC, parsing, the GitHub call, the log line) is the small remainder. "
+                      f"Below the target would take fewer requests than the minimum, or another DynamoDB client."]
     lines += ["", "## Memory", "", "| function | peak RSS |", "|---|---|"]
     for name, r in results.items():
         if "rss" in r:
@@ -682,6 +691,29 @@ def render(results, throughput, zip_size, peer_note, elapsed, logs, tls):
             lines.append(f"| {way} | {r['init']:.1f} ms | {r['init_cpu']:.1f} ms | {r['first']:.1f} ms | "
                          f"{r['first_cpu']:.1f} ms | {r['second']:.1f} ms | {r['init'] + r['first']:.1f} ms | "
                          f"{r['handshakes']:g} |")
+        plain, lazy, eager = (tls[w] for w in tls)
+        lines += ["", "The local DynamoDB server closes its connection after every answer, so each DynamoDB request "
+                  "here is a new handshake (real DynamoDB keeps the connection): the handshake counts are an upper bound.",
+                  "", f"Decision: the function does **not** open its connections during init. Opening them there "
+                  f"moves the TLS work from the first delivery ({lazy['first']:.1f} → {eager['first']:.1f} ms) into "
+                  f"init ({lazy['init']:.1f} → {eager['init']:.1f} ms, {eager['init'] / med(floor['init']):.0f}× the "
+                  f"floor against the 1.5× target), but spawn → end of the first delivery stays about the same "
+                  f"({lazy['init'] + lazy['first']:.1f} vs {eager['init'] + eager['first']:.1f} ms): on an on-demand "
+                  f"cold start the delivery is already waiting, so the work is serial either way, and Lambda bills "
+                  f"init as it bills the invocation. It would also risk the first delivery: connections opened at "
+                  f"init and left idle while the sandbox is frozen (provisioned concurrency, proactive "
+                  f"initialization) get closed by the server, and the first request then meets a dead connection "
+                  f"(a retry at best; for a POST to GitHub, an ambiguous one). The two handshakes could overlap "
+                  f"at init where the delivery does them one after the other, which would save one round trip to "
+                  f"GitHub in a region; not worth the risks above.",
+                  "", f"Most of what TLS adds to the first delivery is CPU, once per process: "
+                  f"{lazy['first_cpu'] - plain['first_cpu']:.1f} ms more than over plain HTTP (whichever client "
+                  f"makes the first handshake; the second delivery is back to normal). The likely cause is aws-lc "
+                  f"seeding its random generator from CPU jitter entropy at its first use (aws-lc-sys 0.47 does so "
+                  f"unless built with `AWS_LC_SYS_NO_JITTER_ENTROPY=1`, which leaves the OS's getrandom as the "
+                  f"seed). At 256 MB a Lambda gets about 1/7 of a vCPU, so this is the largest part of a cold "
+                  f"start's first delivery in production; it is a build-configuration decision (security review), "
+                  f"not taken here."]
     lines += ["", "## Verify + decode + parse (criterion, one core)", "", "| payload | time | throughput |",
               "|---|---|---|"]
     sizes = {"5KB": 5 * 1024, "100KB": 100 * 1024, "5MB": 5 * 1024 * 1024}
