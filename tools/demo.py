@@ -13,6 +13,11 @@ App (GITHUB_APP_ID + GITHUB_APP_PRIVATE_KEY, an RSA key generated for this run a
 written to disk), against a stand-in that verifies the App JWT and hands out installation tokens;
 then one token per installation (a second installation looked up by repository), and a merged-PR
 delivery answered 503 during a DynamoDB outage, redelivered by the scheduled sweep, deployed once.
+
+Both modes end with the comment commands on `production`: `.lock` by alice, a refused `.unlock`
+by someone with read permission, a merge that waits `queued` behind the lock, `.unlock` (it
+starts), `.rollback` (a new deployment of the commit that succeeded before), its redelivery
+answered `duplicate`, and `.status`; it prints the status timeline and the bot's replies.
 """
 import json
 import os
@@ -26,6 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
+import itertools  # noqa: E402
+
 import events  # noqa: E402
 from github_standin import GitHubStandIn  # noqa: E402
 from hook_standin import HookStandIn  # noqa: E402
@@ -64,7 +71,10 @@ def answer(body):
 def show_call(call):
     body = call["body"]
     if body and "ref" in body:
-        body = {k: body[k] for k in ("ref", "environment", "production_environment", "description") if k in body}
+        body = {k: body[k] for k in ("ref", "environment", "production_environment", "description",
+                                     "required_contexts") if k in body}
+    elif body and isinstance(body.get("body"), str):  # a reply: its first line, as written
+        body = json.dumps({"body": body["body"].splitlines()[0]}, ensure_ascii=False)
     print(f"      {DIM}GitHub ←{RESET} {call['method']} {call['path']} {short(body) if body else ''} "
           f"{DIM}→ {call['status']}{RESET}")
 
@@ -242,6 +252,123 @@ def timeout_flow(fn, github):
         failures.append(f"the timed-out run's statuses are {got[deployment_id]}")
 
 
+# ---------------------------------------------------------------- comment commands
+
+COMMENT_IDS = itertools.count(1515200001)  # each comment its own id, as GitHub gives them
+
+
+def comment_event(body, author, issue=3):
+    """An `issue_comment` `created` delivery: `body` by `author` (a User) on pull request #`issue`."""
+    payload = events.load_payload("issue_comment.help")
+    comment_id = next(COMMENT_IDS)
+    payload["issue"]["number"] = issue
+    payload["comment"].update(id=comment_id, body=body)
+    payload["comment"]["user"] = {**payload["comment"]["user"], "login": author, "type": "User"}
+    payload["sender"] = payload["comment"]["user"]
+    return comment_id, events.api_gateway_event("issue_comment", payload, str(uuid.uuid4()), SECRET)
+
+
+def deployment_event_now(github, deployment_id):
+    """GitHub's `deployment` event with the deployment's own created_at (a command's deployment
+    has no merge time: it takes its place in the queue by when it was created)."""
+    event_payload = events.load_payload("deployment.created")
+    dep = github.deployments[deployment_id]
+    event_payload["deployment"].update(id=deployment_id, sha=dep["sha"], ref=dep["ref"],
+                                       environment=dep["environment"], payload=dep["payload"],
+                                       description=dep["description"], created_at=dep["created_at"],
+                                       updated_at=dep["created_at"])
+    return events.api_gateway_event("deployment", event_payload, str(uuid.uuid4()), SECRET)
+
+
+def command(fn, github, text, author, expect_word, reactions, reply_start):
+    """Sends `text` as a new comment by `author`; checks the answer, the reactions to that
+    comment and the start of the bot's one reply. Returns (answer, reply)."""
+    comment_id, event = comment_event(text, author)
+    replies_before = len(github.comments)
+    body = send(fn, f"comment by @{author}: {text}", event, 200, expect_word)
+    got = [r["content"] for r in github.reactions if r["comment_id"] == comment_id]
+    replies = [c["body"] for c in github.comments[replies_before:]]
+    for reply in replies:
+        lines = reply.splitlines() or [""]
+        print(f"      {DIM}bot's reply:{RESET} {short(lines[0], 150)}")
+        for line in lines[1:]:
+            print(f"                   {line}")
+    if got != reactions:
+        failures.append(f"{text!r}: reactions {got}, expected {reactions}")
+    if len(replies) != 1 or not replies[0].startswith(reply_start):
+        failures.append(f"{text!r}: replies {replies}, expected one starting with {reply_start!r}")
+    return body, (replies[0] if replies else ""), event
+
+
+def successes(github, environment):
+    """Deployments of `environment` whose last status is success, oldest first."""
+    return [d for i, d in sorted(github.deployments.items())
+            if d["environment"] == environment and (github.statuses.get(i) or [{}])[-1].get("state") == "success"]
+
+
+def commands_flow(fn, github):
+    """Comment commands on production: lock, a merge held by it, unlock, rollback, status."""
+    print(f"\n{BOLD}Comment commands on production: .lock, a merge held by it, .unlock, .rollback, .status{RESET}")
+    github.permissions.update(alice="write", mallory="read")
+    print(f"  {DIM}GitHub (the stand-in): @alice has write permission on the repository, @mallory read{RESET}")
+    before = successes(github, "production")
+    if not before:
+        failures.append("production has no successful deployment before the commands")
+        return
+    target_sha = before[-1]["sha"]
+    replies_from = len(github.comments)
+
+    command(fn, github, ".lock production db migration", "alice", "processed", ["eyes"], "🔒")
+    command(fn, github, ".unlock production", "mallory", "refused", ["confused"], "@mallory needs write or admin")
+
+    sha = "51" * 20
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    body = send(fn, "pull request #51 merged into master (production is locked)", merge(51, "master", now, sha),
+                200, "processed")
+    held = body["detail"]["deployments"][0]["deployment_id"]
+    send(fn, f"deployment {held} created (GitHub's event for it)", deployment_event(github, held), 200, "queued")
+    queued = github.statuses.get(held, [])
+    if [(s["state"], s["description"]) for s in queued] != [("queued", "locked by @alice: db migration")]:
+        failures.append(f"the held deployment's statuses are {queued}, expected queued 'locked by @alice: db migration'")
+
+    command(fn, github, ".unlock production", "alice", "processed", ["eyes"], "🔓")
+    wait_until(f"deployment {held} to succeed", lambda: any(
+        s["state"] == "success" for s in github.statuses.get(held, [])))
+
+    answer_body, _, rollback_event = command(fn, github, ".rollback production", "alice", "processed",
+                                             ["eyes", "rocket"], "🚀")
+    rollback = (answer_body.get("detail") or {}).get("deployment_id") if isinstance(answer_body, dict) else None
+    if rollback not in github.deployments:
+        failures.append(f"the rollback answered {answer_body}, no deployment id the stand-in knows")
+        return
+    dep = github.deployments[rollback]
+    print(f"  {DIM}the rollback deploys {dep['sha'][:7]}, the commit of the success before #{held} "
+          f"({sha[:7]}); required_contexts {dep.get('required_contexts')}{RESET}")
+    if (dep["sha"], dep["environment"], dep.get("required_contexts")) != (target_sha, "production", []):
+        failures.append(f"the rollback deploys {dep['sha']} to {dep['environment']} with required_contexts "
+                        f"{dep.get('required_contexts')}, expected {target_sha} to production with []")
+    send(fn, f"deployment {rollback} created (GitHub's event for the rollback)", deployment_event_now(github, rollback),
+         200, "processed")
+
+    calls_before, replies_before = len(github.calls), len(github.comments)
+    send(fn, "the .rollback comment redelivered (same X-GitHub-Delivery)", rollback_event, 200, "duplicate")
+    if len(github.calls) != calls_before or len(github.comments) != replies_before:
+        failures.append("the redelivered comment called GitHub again")
+
+    _, table, _ = command(fn, github, ".status", "alice", "processed", ["eyes"], "| Environment |")
+    row = next((line for line in table.splitlines() if line.startswith("| `production` |")), "")
+    if f"`{target_sha[:7]}`" not in row or "🔒" in row:
+        failures.append(f"the .status row for production is {row!r}, expected {target_sha[:7]} deployed and no lock")
+
+    got = timeline(github, [held, rollback])
+    want = {held: ["queued", "in_progress", "success"], rollback: ["in_progress", "success"]}
+    if got != want:
+        failures.append(f"the commands' timeline is {got}, expected {want}")
+    print(f"\n{BOLD}The bot's replies{RESET}")
+    for c in github.comments[replies_from:]:
+        print(f"  #{c['issue']}: {short(c['body'].splitlines()[0], 160)}")
+
+
 # ---------------------------------------------------------------- GitHub App mode (--app)
 
 def app_key_pair():
@@ -369,11 +496,13 @@ def app_flow(fn, github, endpoint, fn_log):
     result = sweep(fn, "the scheduled sweep (an EventBridge event): lists the App webhook's deliveries")
     if (result.get("redelivery") or {}).get("redelivered") != 1:
         failures.append(f"the sweep should have redelivered one delivery: {result}")
-    line = last_log_line(fn_log.name, "redelivery sweep")
-    if line:
+    # The sweep's one INFO line carries the redelivery counts ("sweep done"; older builds logged
+    # a separate "redelivery sweep" line).
+    line = last_log_line(fn_log.name, "redelivery sweep") or last_log_line(fn_log.name, "sweep done")
+    if line and "redelivered" in json.dumps(line):
         print(f"      {DIM}function log: {short({k: v for k, v in line.items() if k not in ('timestamp', 'target')}, 200)}{RESET}")
     else:
-        failures.append("the function logged no 'redelivery sweep' line")
+        failures.append(f"the function logged no sweep line with the redelivery counts: {line}")
     if github.redeliveries != [failed["id"]]:
         failures.append(f"redeliveries asked for: {github.redeliveries}, expected [{failed['id']}]")
     print(f"  {DIM}… GitHub (the stand-in) re-sends delivery {failed['id']} to the function{RESET}")
@@ -498,6 +627,7 @@ def main():
         if APP_MODE:
             app_flow(fn, github, endpoint, fn_log)
         timeout_flow(fn, github)
+        commands_flow(fn, github)
     finally:
         fn = function
         fn.stop()

@@ -40,6 +40,13 @@ CASES = {
     "deployment_status_success": ("deployment_status", "deployment_status.success", {}),
     "deployment_status_failure": ("deployment_status", "deployment_status.failure", {}),
     "issues_opened_ignored": ("issues", "issues.opened", {}),
+    # Comment commands on pull request #3 (open), each its own comment id, by octocat (a User).
+    "issue_comment_lock": ("issue_comment", "issue_comment.lock", {}),
+    "issue_comment_unlock": ("issue_comment", "issue_comment.unlock", {}),
+    "issue_comment_rollback": ("issue_comment", "issue_comment.rollback", {}),
+    "issue_comment_status": ("issue_comment", "issue_comment.status", {}),
+    "issue_comment_help": ("issue_comment", "issue_comment.help", {}),
+    "issue_comment_deploy_staging": ("issue_comment", "issue_comment.deploy_staging", {}),
     "pull_request_merged_form": ("pull_request", "pull_request.merged", {"form": True}),
     "pull_request_merged_base64": ("pull_request", "pull_request.merged", {"base64": True}),
     "bad_signature": ("pull_request", "pull_request.merged", {"secret": "not-the-secret"}),

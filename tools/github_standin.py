@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A GitHub REST stand-in on 127.0.0.1 for the deployments endpoints, for local runs.
+"""A GitHub REST stand-in on 127.0.0.1 for the endpoints the function calls, for local runs.
 
 Serves, in memory:
     POST /repos/{owner}/{repo}/deployments                 -> 201 {"id": ...}
@@ -7,9 +7,23 @@ Serves, in memory:
     POST /repos/{owner}/{repo}/deployments/{id}/statuses   -> 201 {"id": ..., "state": ...}
     GET  /repos/{owner}/{repo}/deployments/{id}/statuses
     GET  /repos/{owner}/{repo}/deployments/{id}
+    GET  /repos/{owner}/{repo}/collaborators/{user}/permission
+                                                            -> 200 {"permission", "role_name", "user"}
+                                                            from `gh.permissions` (user -> admin,
+                                                            maintain, write, triage, read or none),
+                                                            else `default_permission` ("write");
+                                                            a user mapped to None: 404
+    GET  /repos/{owner}/{repo}/pulls/{number}              -> 200 {"number", "state", "head": {"sha",
+                                                            "ref", "repo": {"full_name"}}} from
+                                                            `gh.pulls`, else 404
+    POST /repos/{owner}/{repo}/issues/comments/{id}/reactions {"content"}
+                                                            -> 201; kept in `gh.reactions`
+    POST /repos/{owner}/{repo}/issues/{number}/comments {"body"}
+                                                            -> 201; kept in `gh.comments`
     POST /_local/reset                                      forget everything (the seeds come back)
 It checks the headers GitHub requires (Authorization, Accept, X-GitHub-Api-Version) and the
-required body fields, and records every call so a caller can print or assert them.
+required body fields (a deployment's `required_contexts`, when given, must be a list of strings;
+it is kept on the deployment), and records every call so a caller can print or assert them.
 
     gh = GitHubStandIn(on_call=print).start(); gh.url; gh.calls; gh.stop()
 
@@ -31,12 +45,15 @@ Without `app`, none of this exists and any `Bearer`/`token` Authorization is acc
 Run alone (`github_standin.py --port 8790 [--seed-samples]`) it serves until stopped and prints
 each call. With --seed-samples (what `make watch` uses) it also knows the deployments that the
 sample events in events/payloads/ refer to (id 145988746), so `make invoke
-EVENT=events/deployment_created.json` works like a deployment the stand-in created itself.
+EVENT=events/deployment_created.json` works like a deployment the stand-in created itself, and
+the pull request the sample comment events are on (#3, open, from a branch of the same
+repository), so `.deploy to <env>` finds its head.
 Only the Python standard library is used.
 """
 import argparse
 import base64
 import calendar
+import hashlib
 import http
 import itertools
 import json
@@ -59,6 +76,15 @@ ACCESS_TOKENS = re.compile(r"^/app/installations/(\d+)/access_tokens$")
 REPO_INSTALLATION = re.compile(r"^/repos/([^/]+/[^/]+)/installation$")
 HOOK_DELIVERIES = "/app/hook/deliveries"
 HOOK_ATTEMPTS = re.compile(r"^/app/hook/deliveries/(\d+)/attempts$")
+PERMISSION = re.compile(r"^/repos/([^/]+/[^/]+)/collaborators/([^/]+)/permission$")
+PULL = re.compile(r"^/repos/([^/]+/[^/]+)/pulls/(\d+)$")
+REACTIONS = re.compile(r"^/repos/([^/]+/[^/]+)/issues/comments/(\d+)/reactions$")
+ISSUE_COMMENTS = re.compile(r"^/repos/([^/]+/[^/]+)/issues/(\d+)/comments$")
+REACTION_CONTENTS = {"+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes"}
+# permission -> (the `permission` GitHub answers, its `role_name`): maintain reads as write,
+# triage as read, as GitHub's endpoint does.
+ROLES = {"admin": ("admin", "admin"), "maintain": ("write", "maintain"), "write": ("write", "write"),
+         "triage": ("read", "triage"), "read": ("read", "read"), "none": ("none", "")}
 TOKEN_LIFETIME_S = 3600
 
 
@@ -112,10 +138,14 @@ class StandInApp:
 
 class GitHubStandIn:
     def __init__(self, port=0, on_call=None, seed=(), app=None, installations=None, page_size=100,
-                 hook_target=None):
+                 hook_target=None, pulls=(), permissions=None, default_permission="write"):
         self.port = port
         self.on_call = on_call
         self.seed = list(seed)  # deployments known from the start (and again after a reset)
+        self.seed_pulls = list(pulls)  # pull requests known from the start (and after a reset)
+        # user -> permission on every repository (a setting, kept across resets); None: 404
+        self.permissions = dict(permissions or {})
+        self.default_permission = default_permission
         self.app = app          # a StandInApp: GitHub App mode
         # installation id -> the repositories it was installed on (App mode)
         self.installations = {int(k): list(v) for k, v in (installations or {}).items()}
@@ -129,6 +159,10 @@ class GitHubStandIn:
     def reset(self):
         with self.lock:
             self.deployments = {d["id"]: dict(d) for d in self.seed}   # id -> deployment
+            self.pulls = {(p["repo"], p["number"]): dict(p) for p in self.seed_pulls}  # (repo, n) -> pull
+            self.reactions = []          # {"repo", "comment_id", "content"}, in order
+            self.comments = []           # {"repo", "issue", "id", "body"}, the bot's replies in order
+            self.comment_ids = itertools.count(1515100001)  # reactions' and replies' ids (not deployments')
             self.statuses = {}                                         # deployment id -> [status]
             self.ids = itertools.count(1000)
             self.tokens = {}             # token -> {"installation", "expires_at"} (App mode)
@@ -296,8 +330,9 @@ class GitHubStandIn:
                         gh.tokens[token] = {"installation": installation, "expires_at": expires_at}
                         gh.token_requests.append(installation)
                     return self._reply(201, {"token": token, "expires_at": iso(expires_at),
-                                             "permissions": {"deployments": "write", "metadata": "read",
-                                                             "pull_requests": "read"},
+                                             "permissions": {"checks": "read", "deployments": "write",
+                                                             "issues": "write", "metadata": "read",
+                                                             "pull_requests": "read", "statuses": "read"},
                                              "repository_selection": "selected"}, body)
                 delivery_id = int(m_attempt[1])
                 with gh.lock:
@@ -337,6 +372,23 @@ class GitHubStandIn:
                         dep = gh.deployments.get(int(m[2]))
                     if dep and dep["repo"] == m[1]:
                         return self._reply(200, dep)
+                if m := PERMISSION.match(url.path):
+                    user = m[2]
+                    granted = gh.permissions.get(user, gh.default_permission)
+                    if granted not in ROLES:
+                        return self._reply(404, {"message": f"{user} is not a user"})
+                    permission, role = ROLES[granted]
+                    return self._reply(200, {"permission": permission, "role_name": role,
+                                             "user": {"login": user, "type": "User"}})
+                if m := PULL.match(url.path):
+                    with gh.lock:
+                        pull = gh.pulls.get((m[1], int(m[2])))
+                    if pull:
+                        return self._reply(200, {"number": pull["number"], "state": pull["state"],
+                                                 "head": {"sha": pull["head_sha"], "ref": pull["head_ref"],
+                                                          "repo": {"full_name": pull["head_repo"]}},
+                                                 "base": {"ref": pull.get("base_ref", "master"),
+                                                          "repo": {"full_name": m[1]}}})
                 self._reply(404, {"message": "Not Found"})
 
             def do_POST(self):
@@ -365,12 +417,19 @@ class GitHubStandIn:
                     if len(body.get("description") or "") > 140:
                         return self._reply(422, {"message": "Validation Failed",
                                                  "errors": [{"field": "description", "code": "too_long"}]}, body)
+                    contexts = body.get("required_contexts")
+                    if contexts is not None and not (isinstance(contexts, list)
+                                                     and all(isinstance(c, str) for c in contexts)):
+                        return self._reply(422, {"message": "Validation Failed",
+                                                 "errors": [{"field": "required_contexts", "code": "invalid"}]}, body)
                     with gh.lock:
                         dep = {"id": next(gh.ids), "repo": m[1], "sha": body["ref"], "ref": body["ref"],
                                "task": body.get("task", "deploy"), "payload": body.get("payload", {}),
                                "environment": body.get("environment", "production"),
                                "description": body.get("description"), "creator": {"login": "deploy-bot"},
                                "created_at": now, "production_environment": body.get("production_environment")}
+                        if contexts is not None:
+                            dep["required_contexts"] = list(contexts)
                         gh.deployments[dep["id"]] = dep
                     return self._reply(201, dep, body)
                 if m := STATUSES.match(self.path):
@@ -389,6 +448,31 @@ class GitHubStandIn:
                                   "creator": {"login": "deploy-bot"}, "created_at": now, "updated_at": now}
                         gh.statuses.setdefault(deployment_id, []).append(status)
                     return self._reply(201, status, body)
+                if m := REACTIONS.match(self.path):
+                    if body.get("content") not in REACTION_CONTENTS:
+                        return self._reply(422, {"message": "Validation Failed",
+                                                 "errors": [{"field": "content", "code": "invalid"}]}, body)
+                    with gh.lock:
+                        reaction = {"id": next(gh.comment_ids), "repo": m[1], "comment_id": int(m[2]),
+                                    "content": body["content"], "user": {"login": "deploy-bot", "type": "Bot"},
+                                    "created_at": now}
+                        gh.reactions.append(reaction)
+                    return self._reply(201, reaction, body)
+                if m := ISSUE_COMMENTS.match(self.path):
+                    if not isinstance(body.get("body"), str) or not body["body"]:
+                        return self._reply(422, {"message": "Validation Failed",
+                                                 "errors": [{"field": "body", "code": "missing_field"}]}, body)
+                    if len(body["body"]) > 65536:
+                        return self._reply(422, {"message": "Validation Failed",
+                                                 "errors": [{"field": "body", "code": "too_long"}]}, body)
+                    with gh.lock:
+                        comment_id = next(gh.comment_ids)
+                        comment = {"id": comment_id, "repo": m[1], "issue": int(m[2]), "body": body["body"],
+                                   "html_url": f"https://github.com/{m[1]}/pull/{m[2]}#issuecomment-{comment_id}",
+                                   "user": {"login": "deploy-bot", "type": "Bot"},
+                                   "created_at": now, "updated_at": now}
+                        gh.comments.append(comment)
+                    return self._reply(201, comment, body)
                 self._reply(404, {"message": "Not Found"}, body)
 
         return Handler
@@ -411,17 +495,38 @@ def sample_deployments():
     return list(found.values())
 
 
+def sample_pulls():
+    """The pull requests the sample comment events in events/payloads/ are on, as open pull
+    requests from a branch of the same repository (the payloads carry no head: the stand-in
+    makes up a branch and a commit per pull request, the same each time)."""
+    found = {}
+    for path in sorted(PAYLOADS.glob("issue_comment.*.json")):
+        payload = json.loads(path.read_text())
+        issue, repo = payload.get("issue") or {}, (payload.get("repository") or {}).get("full_name")
+        if not issue.get("pull_request") or not repo or (repo, issue["number"]) in found:
+            continue
+        n = issue["number"]
+        found[(repo, n)] = {"repo": repo, "number": n, "state": issue.get("state", "open"),
+                            "head_ref": f"pr-{n}", "head_repo": repo,
+                            "head_sha": hashlib.sha1(f"{repo}#{n}".encode()).hexdigest(),
+                            "base_ref": (payload.get("repository") or {}).get("default_branch", "master")}
+    return list(found.values())
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="GitHub deployments API stand-in")
     parser.add_argument("--port", type=int, default=8790)
     parser.add_argument("--seed-samples", action="store_true",
-                        help="also know the deployments the sample events in events/payloads/ refer to")
+                        help="also know the deployments and pull requests the sample events in "
+                             "events/payloads/ refer to")
     args = parser.parse_args()
     seed = sample_deployments() if args.seed_samples else []
-    gh = GitHubStandIn(port=args.port, seed=seed, on_call=lambda c: print(
+    pulls = sample_pulls() if args.seed_samples else []
+    gh = GitHubStandIn(port=args.port, seed=seed, pulls=pulls, on_call=lambda c: print(
         f"GitHub <- {c['method']} {c['path']} -> {c['status']} {json.dumps(c['body']) if c['body'] else ''}",
         flush=True)).start()
-    known = f" (knows sample deployment {', '.join(str(d['id']) for d in seed)})" if seed else ""
+    known = (f" (knows sample deployment {', '.join(str(d['id']) for d in seed)} and pull request "
+             f"{', '.join('#' + str(p['number']) for p in pulls)})") if seed else ""
     print(f"GitHub stand-in on {gh.url}{known}", flush=True)
     try:
         threading.Event().wait()
