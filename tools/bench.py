@@ -471,7 +471,7 @@ def preconnect_binary():
 
 
 def log_lines(command, env, github, pr_numbers, hook):
-    """Lines the function logs at INFO per delivery, one delivery of each kind."""
+    """Log lines and metric (EMF) lines the function writes at INFO per delivery, one delivery of each kind."""
     with tempfile.NamedTemporaryFile(prefix="bench-log-", suffix=".log") as log:
         fn = LocalLambda(command, env={**env, "AWS_LAMBDA_LOG_LEVEL": "INFO"}, log=log).start()
         counts = {}
@@ -479,11 +479,12 @@ def log_lines(command, env, github, pr_numbers, hook):
             fn.wait_ready()
 
             def lines_of(event):
-                log.flush()
-                before = Path(log.name).read_text().count("\n")
+                before = len(Path(log.name).read_text().splitlines())
                 fn.invoke(event)
                 time.sleep(0.05)  # let the last line reach the file
-                return Path(log.name).read_text().count("\n") - before
+                new = Path(log.name).read_text().splitlines()[before:]
+                metrics = sum(1 for line in new if line.startswith("{") and '"_aws"' in line)
+                return len(new) - metrics, metrics
 
             counts["merged_pr"] = lines_of(merged_pr_event(next(pr_numbers)))
             counts["deployment"] = lines_of(deployment_event(github, max(github.deployments)))
@@ -580,6 +581,16 @@ def cpu_profile(ours):
     return sol
 
 
+def commit():
+    try:
+        out = subprocess.run("git rev-parse --short HEAD", shell=True, cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run("git status --porcelain --untracked-files=no", shell=True, cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + (" with local changes" if dirty else "")
+    except OSError:
+        return "?"
+
+
 def render(results, throughput, zip_size, peer_note, elapsed, logs, tls):
     ours = results["deploy-webhook"]
     floor = results["floor (hello world)"]
@@ -595,7 +606,7 @@ def render(results, throughput, zip_size, peer_note, elapsed, logs, tls):
         "",
         f"Machine: {cpu_model}, {os.cpu_count()} cores (shared), {mem_gb:.0f} GB, Linux {platform.release()}, "
         f"Python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-        f"{SPAWNS} cold starts and {WARM} warm deliveries per kind; run took {elapsed:.0f} s.",
+        f"{SPAWNS} cold starts and {WARM} warm deliveries per kind; run took {elapsed:.0f} s; commit {commit()}.",
         "Each function is a fresh process under a local Lambda Runtime API; DynamoDB is moto on loopback",
         "(requests serialized), GitHub is the loopback stand-in, so latencies are dominated by moto.",
         "",
@@ -638,8 +649,8 @@ def render(results, throughput, zip_size, peer_note, elapsed, logs, tls):
     lines += ["", "DynamoDB writes per delivery, deploy-webhook: " + ", ".join(
         f"{KIND_NAMES[k]} **{w:g}**" for k, w in writes.items()) + " (target: 2 per merged PR and per synchronous"
         " deployment).", "",
-        "Log lines per delivery at INFO (`AWS_LAMBDA_LOG_LEVEL=INFO`): " + ", ".join(
-            f"{KIND_NAMES[k]} {n}" for k, n in logs.items()) + "."]
+        "Log lines per delivery at INFO (`AWS_LAMBDA_LOG_LEVEL=INFO`), plus the CloudWatch metric (EMF) lines: "
+        + ", ".join(f"{KIND_NAMES[k]} {n} (+{m})" for k, (n, m) in logs.items()) + "."]
     profile = cpu_profile(ours)
     if profile:
         base, per_ddb, per_gh = profile
