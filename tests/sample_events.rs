@@ -23,6 +23,17 @@ async fn run(name: &str) -> (u16, serde_json::Value) {
         .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 2, "state": "success"})))
         .mount(&app.github)
         .await;
+    // Comment commands: the commenter may write; reactions and replies are accepted.
+    Mock::given(method("GET"))
+        .and(path_regex(r"^/repos/[^/]+/[^/]+/collaborators/[^/]+/permission$"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"permission": "write", "role_name": "write"})))
+        .mount(&app.github)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/repos/[^/]+/[^/]+/issues/(comments/\d+/reactions|\d+/comments)$"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 3})))
+        .mount(&app.github)
+        .await;
     let file = format!("{}/events/{name}.json", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
     let request = lambda_http::request::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
@@ -46,6 +57,14 @@ async fn every_sample_event_does_what_its_name_says() {
         ("deployment_status_success", 200, "processed"),
         ("deployment_status_failure", 200, "processed"),
         ("bad_signature", 401, "unauthorized"),
+        ("issue_comment_help", 200, "processed"),
+        ("issue_comment_status", 200, "processed"),
+        ("issue_comment_lock", 200, "processed"),
+        ("issue_comment_unlock", 200, "processed"),
+        // Refused here: no earlier success to roll back to, and staging takes no branch deploys
+        // in this test's settings (make run has both).
+        ("issue_comment_rollback", 200, "refused"),
+        ("issue_comment_deploy_staging", 200, "refused"),
     ];
     let on_disk = std::fs::read_dir(format!("{}/events", env!("CARGO_MANIFEST_DIR")))
         .unwrap()
