@@ -7,8 +7,12 @@
 //! clock moved past lease expiry, so it takes over the dead instances' work, and finally past the
 //! run timeout, so runs whose callback never came time out). Every `deployment` and
 //! `deployment_status` event GitHub would send is delivered too, shuffled, some twice, some late.
-//! Non-2xx deliveries are redelivered until all are 2xx or the round limit is hit. Then, from
-//! GitHub's status timeline and the stored state:
+//! Failed deliveries are recovered as in production: the GitHub stand-in records every attempt
+//! on the repository webhook it came through (guid, event, the handler's status, 0 for no answer,
+//! `delivered_at` on the test clock) and lists them on the hook deliveries endpoints; the sweep
+//! (the rounds move the clock past its backoff) asks for redeliveries, which the driver then sends
+//! (same guid and body). The driver never redelivers on its own. Then, from GitHub's status
+//! timeline, its deliveries and the stored state:
 //!
 //! - 0 overlapping runs in any environment (a run: a deployment's first `in_progress` to its
 //!   terminal status, in GitHub's global order of status posts), and no hook call for a
@@ -19,7 +23,9 @@
 //!   last run that started there: 0 regressions to older code;
 //! - each merged PR has at most one deployment per environment, rejected ones none;
 //! - no environment's stored state is left with a running run, a queue or owed statuses;
-//! - no 2xx for a deployment GitHub does not have; forged callbacks are refused (401).
+//! - no 2xx for a deployment GitHub does not have; forged callbacks are refused (401);
+//! - every failed delivery was recovered by the sweep: each guid ends with a 2xx attempt (or a
+//!   409 "in progress" for a payload another guid delivered with a 2xx), none given up.
 //!
 //! Short by default (part of `make test`); `make chaos` runs a longer one. `CHAOS_SEED` replays a
 //! run's stream and fault decisions (thread interleavings still vary); `CHAOS_PRS` sets its size.
@@ -29,15 +35,16 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use deploy_webhook::deploy::hook::{DeployTargets, HookDeployer};
 use deploy_webhook::domain::gates::ChecksWait;
+use deploy_webhook::domain::ports::Clock;
 use deploy_webhook::domain::ports::{
     Claim, CreationKey, CreationRecord, EnvKey, HookRef, Lease, Store, StoreError, Versioned,
 };
-use deploy_webhook::domain::redelivery::RedeliveryState;
+use deploy_webhook::domain::redelivery::{FIRST_BACKOFF_MS, RedeliveryState};
 use deploy_webhook::domain::runs::{EnvironmentState, Phase};
 use deploy_webhook::domain::types::{DeliveryId, DeploymentId, Environment, RepoFullName, Sha};
 use deploy_webhook::domain::{DeployRules, Service, ServiceSettings, StatusRecord};
@@ -57,8 +64,17 @@ const BUDGET: Duration = Duration::from_millis(2500);
 const INVOCATION_TIMEOUT: Duration = Duration::from_millis(3000);
 /// Leases outlast the function timeout, as the settings require.
 const LEASE: Duration = Duration::from_millis(3200);
-/// A run with no result by then ends in `error` (on the test clock).
-const RUN_TIMEOUT: Duration = Duration::from_secs(40);
+/// How far the test clock moves between rounds: past the sweep's first redelivery backoff (and
+/// every lease), so a delivery that failed in a round is redelivered in the next one.
+const ROUND_TIME: Duration = Duration::from_millis(FIRST_BACKOFF_MS + 1000);
+/// A run with no result by then ends in `error` (on the test clock): about 7 rounds.
+const RUN_TIMEOUT: Duration = Duration::from_secs(7 * (FIRST_BACKOFF_MS / 1000 + 1));
+/// Each repository's two webhooks (the second one gets the copies "sent by a second hook"), all
+/// swept for failed deliveries.
+const HOOKS: [(&str, u64); 4] =
+    [("octo-org/api", 11), ("octo-org/api", 12), ("octo-org/web", 21), ("octo-org/web", 22)];
+/// Enough redeliveries per guid for the run to converge.
+const MAX_REDELIVERIES: u32 = 20;
 const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(400);
 /// Concurrent "Lambda instances": deliveries beyond this wait for a free one.
 const INSTANCES: usize = 12;
@@ -80,6 +96,74 @@ struct GitHubState {
     /// Webhook deliveries GitHub would send because of what happened (deployment, statuses).
     outbox: Vec<(String, Value)>,
     faults: BTreeMap<&'static str, u64>,
+    /// Every delivery attempt the driver made, as the hook deliveries endpoints list them.
+    attempts: Vec<HookAttempt>,
+    next_attempt: u64,
+    /// Redeliveries asked on the attempts endpoint, for the driver to send.
+    redeliver: Vec<Delivery>,
+    redeliveries_asked: u64,
+    /// The guids they were for.
+    redelivered_guids: std::collections::BTreeSet<String>,
+    listings: u64,
+}
+
+/// One attempt of a delivery, on the webhook it went through.
+struct HookAttempt {
+    id: u64,
+    hook: u64,
+    guid: String,
+    event: String,
+    /// RFC 3339 on the test clock, when it was sent.
+    delivered_at: String,
+    /// The handler's answer; 0 when the instance died or timed out.
+    status: u16,
+    /// When the answer came (or the driver gave up): from then on it is listed.
+    answered_ms: u64,
+    payload: Value,
+    redelivery: bool,
+}
+
+fn is_2xx(status: u16) -> bool {
+    (200..300).contains(&status)
+}
+
+/// The webhook of `repo` a delivery goes through (the second one for copies by a second hook).
+fn hook_of(repo: &str, second: bool) -> u64 {
+    HOOKS.iter().filter(|(r, _)| *r == repo).nth(usize::from(second)).map_or(HOOKS[0].1, |(_, id)| *id)
+}
+
+fn hook_repo(hook: u64) -> &'static str {
+    HOOKS.iter().find(|(_, id)| *id == hook).map_or(HOOKS[0].0, |(r, _)| r)
+}
+
+fn rfc3339_ms(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+impl GitHubState {
+    /// Each guid's attempts, in the order GitHub lists them oldest first: (delivered_at, id).
+    fn by_guid(&self) -> BTreeMap<&str, Vec<&HookAttempt>> {
+        let mut by: BTreeMap<&str, Vec<&HookAttempt>> = BTreeMap::new();
+        for a in &self.attempts {
+            by.entry(a.guid.as_str()).or_default().push(a);
+        }
+        for list in by.values_mut() {
+            list.sort_by(|a, b| (&a.delivered_at, a.id).cmp(&(&b.delivered_at, b.id)));
+        }
+        by
+    }
+
+    /// The guids the sweep still has to recover: no 2xx, the latest attempt a 5xx or no answer.
+    fn failing(&self) -> Vec<String> {
+        self.by_guid()
+            .into_iter()
+            .filter(|(_, list)| {
+                let latest = list[list.len() - 1].status;
+                !list.iter().any(|a| is_2xx(a.status)) && !(400..500).contains(&latest)
+            })
+            .map(|(guid, _)| guid.to_owned())
+            .collect()
+    }
 }
 
 struct FakeDeployment {
@@ -137,6 +221,96 @@ impl FaultyGitHub {
     }
 }
 
+fn count_fault(state: &mut GitHubState, name: &'static str) {
+    *state.faults.entry(name).or_default() += 1;
+}
+
+impl FaultyGitHub {
+    /// The repository webhook deliveries endpoints, with the same faults as the rest: the list
+    /// (newest first, paged by cursor) and the attempts endpoint, which queues a redelivery.
+    fn hook_deliveries(&self, request: &Request, parts: &[&str]) -> ResponseTemplate {
+        let repo = format!("{}/{}", parts[1], parts[2]);
+        let hook: u64 = parts[4].parse().unwrap_or(0);
+        if !HOOKS.contains(&(repo.as_str(), hook)) {
+            return ResponseTemplate::new(404).set_body_json(json!({"message": "Not Found"}));
+        }
+        let fault = self.pick_fault();
+        let mut state = self.state.lock().unwrap();
+        match fault {
+            Fault::BadGateway => {
+                count_fault(&mut state, "502");
+                return ResponseTemplate::new(502);
+            }
+            Fault::RateLimited => {
+                count_fault(&mut state, "rate_limited");
+                return ResponseTemplate::new(403)
+                    .insert_header("retry-after", "1")
+                    .set_body_json(json!({"message": "You have exceeded a secondary rate limit."}));
+            }
+            _ => {}
+        }
+        let method = request.method.as_str();
+        let response = match (method, parts.len()) {
+            ("GET", 6) => {
+                state.listings += 1;
+                let query: HashMap<String, String> = request.url.query_pairs().into_owned().collect();
+                let per_page = query.get("per_page").and_then(|p| p.parse().ok()).unwrap_or(30usize).clamp(1, 100);
+                let start: usize = query.get("cursor").and_then(|c| c.parse().ok()).unwrap_or(0);
+                let mut list: Vec<&HookAttempt> = state.attempts.iter().filter(|a| a.hook == hook).collect();
+                list.sort_by(|a, b| (&b.delivered_at, b.id).cmp(&(&a.delivered_at, a.id)));
+                let page: Vec<Value> = list
+                    .iter()
+                    .skip(start)
+                    .take(per_page)
+                    .map(|a| {
+                        json!({
+                            "id": a.id,
+                            "guid": a.guid,
+                            "delivered_at": a.delivered_at,
+                            "redelivery": a.redelivery,
+                            "status": if a.status == 0 { "timed out".to_owned() } else { a.status.to_string() },
+                            "status_code": a.status,
+                            "event": a.event,
+                        })
+                    })
+                    .collect();
+                let mut response = ResponseTemplate::new(200).set_body_json(page);
+                if start + per_page < list.len() {
+                    let next = format!(
+                        "<https://api.github.com/repos/{repo}/hooks/{hook}/deliveries?per_page={per_page}&cursor={}>; rel=\"next\"",
+                        start + per_page
+                    );
+                    response = response.insert_header("link", next.as_str());
+                }
+                response
+            }
+            ("POST", 8) if parts[7] == "attempts" => {
+                let id: u64 = parts[6].parse().unwrap_or(0);
+                let Some(a) = state.attempts.iter().find(|a| a.id == id && a.hook == hook) else {
+                    return ResponseTemplate::new(404).set_body_json(json!({"message": "Not Found"}));
+                };
+                let again = Delivery { id: a.guid.clone(), event: a.event.clone(), payload: a.payload.clone(), hook };
+                state.redelivered_guids.insert(again.id.clone());
+                state.redeliver.push(again);
+                state.redeliveries_asked += 1;
+                ResponseTemplate::new(202).set_body_json(json!({}))
+            }
+            _ => ResponseTemplate::new(404),
+        };
+        match fault {
+            Fault::AppliedThen500 if method == "POST" => {
+                count_fault(&mut state, "500_after_applying");
+                ResponseTemplate::new(500)
+            }
+            Fault::AppliedThenTimeout if method == "POST" => {
+                count_fault(&mut state, "timeout_after_applying");
+                response.set_delay(ATTEMPT_TIMEOUT * 3)
+            }
+            _ => response,
+        }
+    }
+}
+
 fn rejected_pr(n: u64) -> bool {
     n % 11 == 0 || n % 13 == 0
 }
@@ -149,6 +323,10 @@ impl Respond for FaultyGitHub {
     fn respond(&self, request: &Request) -> ResponseTemplate {
         let path = request.url.path().to_owned();
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        // repos/{owner}/{repo}/hooks/{hook_id}/deliveries[/{id}/attempts]
+        if parts.len() >= 6 && parts[0] == "repos" && parts[3] == "hooks" && parts[5] == "deliveries" {
+            return self.hook_deliveries(request, &parts);
+        }
         // repos/{owner}/{repo}/deployments[/{id}/statuses]
         if parts.len() < 4 || parts[0] != "repos" || parts[3] != "deployments" {
             return ResponseTemplate::new(404);
@@ -173,7 +351,7 @@ impl Respond for FaultyGitHub {
                 d.log.push(format!("@{seq} {}{posted} → {what}", request.method));
             }
         }
-        let count = |state: &mut GitHubState, name: &'static str| *state.faults.entry(name).or_default() += 1;
+        let count = count_fault;
         match fault {
             Fault::BadGateway => {
                 count(&mut state, "502");
@@ -529,6 +707,8 @@ struct Delivery {
     id: String,
     event: String,
     payload: Value,
+    /// The webhook it goes through.
+    hook: u64,
 }
 
 /// A callback the deploy system owes: sent to the newest callback URL it was given.
@@ -753,6 +933,11 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
     settings.busy_wait = Duration::from_millis(1000);
     settings.run_timeout = RUN_TIMEOUT;
     settings.retry_after = Duration::from_millis(500);
+    settings.redelivery_hooks = HOOKS
+        .iter()
+        .map(|(repo, hook_id)| HookRef::Repo { repo: RepoFullName::parse(repo).unwrap(), hook_id: *hook_id })
+        .collect();
+    settings.redelivery_max_attempts = MAX_REDELIVERIES;
     let clock = TestClock::default();
     let service = Service::with_clock(store, client, deployer, clock.clone(), settings);
     let handler: Arc<ChaosHandler> = Arc::new(WebhookHandler::new(service, secrets, BUDGET));
@@ -775,7 +960,13 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
                 expected.insert((repo.to_owned(), n, env.to_owned()), (rejected_pr(n), sha.clone()));
             }
             let payload = merged_into(repo, n, base, &sha);
-            let first = Delivery { id: new_delivery_id(), event: "pull_request".into(), payload: payload.clone() };
+            let (primary, second) = (hook_of(repo, false), hook_of(repo, true));
+            let first = Delivery {
+                id: new_delivery_id(),
+                event: "pull_request".into(),
+                payload: payload.clone(),
+                hook: primary,
+            };
             let merged_round = 1 + ((n - 1) / per_round) as usize;
             let first_round = if r.u32(0..100) < 15 {
                 late_prs += 1;
@@ -788,18 +979,25 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
                 schedule(&mut scheduled, round, Work::Delivery(first.clone())); // same GUID again
             }
             if r.u32(0..100) < 20 {
-                let again = Delivery { id: new_delivery_id(), event: "pull_request".into(), payload: payload.clone() };
+                let again = Delivery {
+                    id: new_delivery_id(),
+                    event: "pull_request".into(),
+                    payload: payload.clone(),
+                    hook: second,
+                };
                 schedule(&mut scheduled, r.usize(first_round..=first_round + 3), Work::Delivery(again));
             }
             schedule(&mut scheduled, first_round, Work::Delivery(first));
             if r.u32(0..100) < 15 {
                 let mut closed = payload;
                 closed["pull_request"]["merged"] = json!(false);
-                let closed = Delivery { id: new_delivery_id(), event: "pull_request".into(), payload: closed };
+                let closed =
+                    Delivery { id: new_delivery_id(), event: "pull_request".into(), payload: closed, hook: primary };
                 schedule(&mut scheduled, 1, Work::Delivery(closed));
             }
             if n % 8 == 0 {
-                let ping = Delivery { id: new_delivery_id(), event: "ping".into(), payload: fixture("ping") };
+                let hook = hook_of(REPOS[(n / 8) as usize % REPOS.len()], false);
+                let ping = Delivery { id: new_delivery_id(), event: "ping".into(), payload: fixture("ping"), hook };
                 schedule(&mut scheduled, 1, Work::Delivery(ping));
             }
         }
@@ -832,6 +1030,11 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
     let mut violations: Vec<String> = Vec::new();
     let (mut deliveries_answered, mut non_2xx, mut redelivered_events) = (0u64, 0u64, 0u64);
     let (mut sweeps, mut sweeps_died, mut sweeps_healed) = (0u64, 0u64, 0usize);
+    // What the sweeps' redelivery part reported: redelivered, gave up, hooks it could not sweep.
+    let (mut swept_redelivered, mut swept_gave_up, mut swept_hooks_failed) = (0usize, 0usize, 0usize);
+    let mut redeliveries_sent = 0u64;
+    // Idle rounds in a row with failed deliveries still waiting for their backoff.
+    let mut idle_failing = 0u32;
     let mut waited_for_leases = Duration::ZERO;
     let mut timeouts_forced = 0;
     let mut round = 0usize;
@@ -848,16 +1051,24 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
         if idle {
             // Nothing left to deliver: let time pass beyond every run's deadline, so that runs
             // whose callback never came time out through the sweep, until nothing is owed.
+            // Failed deliveries still waiting for a redelivery: time passes beyond their backoff.
             let left = environments_with_work(&dynamo, &table).await;
-            if left.is_empty() {
+            let failing = github_state.lock().unwrap().failing();
+            if left.is_empty() && failing.is_empty() {
                 break;
             }
-            if round > MAX_ROUNDS {
+            // Past the longest backoff with nothing redelivered: the sweep will not recover them.
+            if round > MAX_ROUNDS || idle_failing > 11 {
                 stuck = left;
+                stuck.extend(failing.iter().map(|g| format!("delivery {g} still failing, not redelivered")));
                 break;
             }
             clock.advance(RUN_TIMEOUT + LEASE);
             timeouts_forced += 1;
+            if !failing.is_empty() {
+                clock.advance(Duration::from_millis(FIRST_BACKOFF_MS << idle_failing.min(10)));
+                idle_failing += 1;
+            }
         }
         if round > MAX_ROUNDS {
             let left: Vec<String> = batch
@@ -921,8 +1132,8 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
         let instances = Arc::new(tokio::sync::Semaphore::new(INSTANCES));
         let mut tasks = Vec::new();
         for (_, work) in batch {
-            let (handler, github_state, hooks, instances) =
-                (handler.clone(), github_state.clone(), hook_state.clone(), instances.clone());
+            let (handler, github_state, hooks, instances, clock) =
+                (handler.clone(), github_state.clone(), hook_state.clone(), instances.clone(), clock.clone());
             tasks.push(tokio::spawn(async move {
                 let _instance = instances.acquire().await.unwrap();
                 match work {
@@ -931,6 +1142,12 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
                         (Work::Callback(cb), status, body, Some(url), None)
                     }
                     Work::Delivery(delivery) => {
+                        // GitHub books the attempt when it sends it, and lists it once answered.
+                        let (attempt, sent_at) = {
+                            let mut gh = github_state.lock().unwrap();
+                            gh.next_attempt += 1;
+                            (900_000 + gh.next_attempt, clock.now_ms())
+                        };
                         let event = Event::github(&delivery.event, &delivery.id, &delivery.payload);
                         let answer = tokio::time::timeout(INVOCATION_TIMEOUT, handler.handle(event.request())).await;
                         let (status, body) = match answer {
@@ -938,8 +1155,23 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
                                 response.status().as_u16(),
                                 serde_json::from_slice(response.body().as_ref()).unwrap_or(Value::Null),
                             ),
-                            Err(_) => (504, json!({"status": "instance died"})),
+                            Err(_) => (0, json!({"status": "instance died"})),
                         };
+                        {
+                            let mut gh = github_state.lock().unwrap();
+                            let redelivery = gh.attempts.iter().any(|a| a.guid == delivery.id);
+                            gh.attempts.push(HookAttempt {
+                                id: attempt,
+                                hook: delivery.hook,
+                                guid: delivery.id.clone(),
+                                event: delivery.event.clone(),
+                                delivered_at: rfc3339_ms(sent_at),
+                                status,
+                                answered_ms: clock.now_ms(),
+                                payload: delivery.payload.clone(),
+                                redelivery,
+                            });
+                        }
                         // No 2xx for a deployment GitHub does not have, at the moment of the answer.
                         let mut violation = None;
                         if status == 200 && delivery.event == "pull_request" {
@@ -976,13 +1208,11 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
                 }
                 Work::Delivery(delivery) => {
                     deliveries_answered += 1;
-                    if status != 200 {
+                    if !is_2xx(status) {
+                        // Left to the sweep: GitHub lists it, the sweep asks for its redelivery.
                         non_2xx += 1;
                         if matches!(status, 400 | 401 | 404) {
                             violations.push(format!("{} {} answered {status} {body}", delivery.event, delivery.id));
-                        } else {
-                            // As an operator (or GitHub's automatic redelivery) would.
-                            schedule(&mut scheduled, round + 1, Work::Delivery(delivery));
                         }
                     }
                 }
@@ -990,7 +1220,12 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
         }
         sweeps += 1;
         match mid_sweep.await.unwrap() {
-            Ok(Ok(report)) => sweeps_healed += report.healed,
+            Ok(Ok(report)) => {
+                sweeps_healed += report.healed;
+                swept_redelivered += report.redelivery.redelivered;
+                swept_gave_up += report.redelivery.gave_up;
+                swept_hooks_failed += report.redelivery.failed_hooks;
+            }
             Ok(Err(_)) => {}
             Err(_) => sweeps_died += 1,
         }
@@ -1017,12 +1252,16 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
             }
             last_wait_for = Some(death);
         }
-        clock.advance(LEASE + Duration::from_millis(100));
+        // The clock also moves past the sweep's backoff for what failed this round.
+        clock.advance(ROUND_TIME);
         for _ in 0..8 {
             sweeps += 1;
             match tokio::time::timeout(INVOCATION_TIMEOUT, handler.sweep(BUDGET)).await {
                 Ok(Ok(report)) => {
                     sweeps_healed += report.healed;
+                    swept_redelivered += report.redelivery.redelivered;
+                    swept_gave_up += report.redelivery.gave_up;
+                    swept_hooks_failed += report.redelivery.failed_hooks;
                     if report.due == 0 {
                         break;
                     }
@@ -1036,17 +1275,32 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
             }
         }
 
+        // The redeliveries the sweeps asked for (this round's and the gap's): GitHub sends them
+        // at once, i.e. in the next round.
+        let asked = std::mem::take(&mut github_state.lock().unwrap().redeliver);
+        if !asked.is_empty() {
+            idle_failing = 0;
+        }
+        for again in asked {
+            redeliveries_sent += 1;
+            schedule(&mut scheduled, round + 1, Work::Delivery(again));
+        }
+
         // What GitHub sent meanwhile: deployment and deployment_status events, shuffled, some
         // twice (same GUID or a second hook), some late.
         let outbox = std::mem::take(&mut github_state.lock().unwrap().outbox);
         let mut r = rng.lock().unwrap();
         for (event, payload) in outbox {
-            let delivery = Delivery { id: new_delivery_id(), event, payload };
+            let repo = payload["repository"]["full_name"].as_str().unwrap_or(REPOS[0]).to_owned();
+            let delivery = Delivery { id: new_delivery_id(), event, payload, hook: hook_of(&repo, false) };
             let at = if r.u32(0..100) < 15 { round + r.usize(2..=6) } else { round + 1 };
             if r.u32(0..100) < 20 {
                 redelivered_events += 1;
-                let again =
-                    if r.bool() { delivery.clone() } else { Delivery { id: new_delivery_id(), ..delivery.clone() } };
+                let again = if r.bool() {
+                    delivery.clone()
+                } else {
+                    Delivery { id: new_delivery_id(), hook: hook_of(&repo, true), ..delivery.clone() }
+                };
                 schedule(&mut scheduled, round + r.usize(1..=4), Work::Delivery(again));
             }
             schedule(&mut scheduled, at, Work::Delivery(delivery));
@@ -1059,11 +1313,66 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
 
     // ---------------------------------------------------------------- invariants
     let left = environments_with_work(&dynamo, &table).await;
+    // Where each webhook's sweep left its watermark (to explain a delivery it never saw again).
+    let mut watermarks: HashMap<u64, String> = HashMap::new();
+    let swept = DynamoStore::new(dynamo.clone(), &table);
+    for (repo, hook_id) in HOOKS {
+        let hook = HookRef::Repo { repo: RepoFullName::parse(repo).unwrap(), hook_id };
+        if let Ok(v) = swept.load_redelivery(&hook).await {
+            watermarks.insert(hook_id, v.state.watermark.unwrap_or_default());
+        }
+    }
     let gh = github_state.lock().unwrap();
     let hooks = hook_state.lock().unwrap();
     let stats = cb_stats.lock().unwrap();
     violations.extend(hooks.violations.iter().cloned());
     violations.extend(stats.violations.iter().cloned());
+
+    // Every failed delivery recovered by the sweep: each guid has a 2xx attempt, or its latest
+    // is a 4xx, which the sweep leaves (as specified). The only 4xx the handler gives here is
+    // 409, "another attempt is processing this work": the work invariants above must then hold.
+    let payload_key = |a: &HookAttempt| format!("{} {}", a.event, a.payload);
+    let done: std::collections::HashSet<String> =
+        gh.attempts.iter().filter(|a| is_2xx(a.status)).map(payload_key).collect();
+    let (mut failed_5xx, mut failed_409, mut failed_no_answer) = (0u64, 0u64, 0u64);
+    for a in &gh.attempts {
+        match a.status {
+            0 => failed_no_answer += 1,
+            409 => failed_409 += 1,
+            s if s >= 500 => failed_5xx += 1,
+            _ => {}
+        }
+    }
+    let by_guid = gh.by_guid();
+    let redelivered_guids = gh.redelivered_guids.len();
+    let (mut unrecovered, mut ended_409, mut ended_409_done_elsewhere) = (0, 0, 0);
+    for (guid, list) in &by_guid {
+        let latest = list[list.len() - 1];
+        if list.iter().any(|a| is_2xx(a.status)) {
+            continue;
+        }
+        if (400..500).contains(&latest.status) {
+            ended_409 += 1;
+            ended_409_done_elsewhere += usize::from(done.contains(&payload_key(latest)));
+            continue;
+        }
+        unrecovered += 1;
+        // (sent, listed from, status) on the test clock.
+        let tries: Vec<(String, String, u16)> = list
+            .iter()
+            .map(|a| (a.delivered_at[11..19].to_owned(), rfc3339_ms(a.answered_ms)[11..19].to_owned(), a.status))
+            .collect();
+        let watermark = watermarks.get(&latest.hook).cloned().unwrap_or_default();
+        violations.push(format!(
+            "delivery {guid} ({} on {}#{}) never recovered: attempts (sent, listed from, status) {tries:?}; the hook's watermark is now {watermark}",
+            latest.event,
+            hook_repo(latest.hook),
+            latest.hook
+        ));
+    }
+    if swept_gave_up > 0 {
+        violations.push(format!("the sweep gave up on {swept_gave_up} deliveries"));
+    }
 
     // At most one deployment per merged PR and environment; none for rejected ones.
     let mut per_key: HashMap<(String, u64, String), Vec<u64>> = HashMap::new();
@@ -1164,7 +1473,7 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
 
     // Nothing left running, queued or owed in any environment.
     violations.extend(left.iter().map(|l| format!("left with work: {l}")));
-    violations.extend(stuck.iter().map(|l| format!("stuck after {MAX_ROUNDS} rounds: {l}")));
+    violations.extend(stuck.iter().map(|l| format!("stuck after {round} rounds: {l}")));
 
     let run_count: usize = runs.values().map(Vec::len).sum();
     let hook_modes = |m: HookMode| hooks.deployments.values().filter(|h| h.mode == m).count();
@@ -1176,8 +1485,19 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
         waited_for_leases.as_secs_f64()
     );
     println!(
-        "  deliveries answered           {deliveries_answered}, {non_2xx} non-2xx redelivered, {redelivered_events} GitHub events sent twice"
+        "  deliveries answered           {deliveries_answered} ({redeliveries_sent} redeliveries), {redelivered_events} GitHub events sent twice"
     );
+    println!(
+        "  deliveries that failed        {non_2xx}: 5xx {failed_5xx}, no answer {failed_no_answer}, 409 in progress {failed_409}"
+    );
+    println!(
+        "  redeliveries asked by sweep   {} ({swept_redelivered} by the sweeps' count) for {redelivered_guids} guids; {} listings, {swept_hooks_failed} hook sweeps failed, {swept_gave_up} given up",
+        gh.redeliveries_asked, gh.listings
+    );
+    println!(
+        "  ended in 409, not redelivered {ended_409} guids ({ended_409_done_elsewhere} delivered with a 2xx by another guid)"
+    );
+    println!("  left unrecovered              {unrecovered}");
     println!("  sweeps                        {sweeps} ({sweeps_healed} environments healed, {sweeps_died} died)");
     println!("  faults injected               GitHub {:?}; DynamoDB {dynamo_faults} failed requests", gh.faults);
     println!(
@@ -1222,6 +1542,7 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
     }
     assert!(violations.is_empty(), "violations (replay with CHAOS_SEED={seed}): {violations:#?}");
     assert!(non_2xx > 0, "the faults never bit: this run proved nothing");
+    assert!(gh.redeliveries_asked > 0, "the sweep never redelivered: this run proved nothing");
     assert!(run_count > 0);
 }
 
