@@ -383,9 +383,9 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             }
         };
         self.github.react(&cmd.repo, cmd.comment_id, "rocket", deadline).await?;
+        // The description is ours: a validated environment, a login, a commit.
         let reply = format!(
-            "🚀 {} (deployment #{id} of `{}`): [{env} deployments]({}/{}/deployments/{})",
-            escape(&description),
+            "🚀 {description}: deployment #{id} of `{}`, see [{env} deployments]({}/{}/deployments/{})",
             sha.short(),
             self.settings.github_html_url,
             cmd.repo,
