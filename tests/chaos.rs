@@ -105,6 +105,8 @@ struct GitHubState {
     /// The guids they were for.
     redelivered_guids: std::collections::BTreeSet<String>,
     listings: u64,
+    /// When each listing (its first page) was served: (hook, test clock ms).
+    listed: Vec<(u64, u64)>,
 }
 
 /// One attempt of a delivery, on the webhook it went through.
@@ -193,6 +195,8 @@ struct FaultyGitHub {
     faults_on: Arc<AtomicBool>,
     /// Faults for the next requests, in order, before the random ones (for scripted scenarios).
     script: Shared<std::collections::VecDeque<Fault>>,
+    /// The test clock, to book when each webhook's deliveries were listed.
+    clock: TestClock,
 }
 
 enum Fault {
@@ -256,6 +260,9 @@ impl FaultyGitHub {
                 let query: HashMap<String, String> = request.url.query_pairs().into_owned().collect();
                 let per_page = query.get("per_page").and_then(|p| p.parse().ok()).unwrap_or(30usize).clamp(1, 100);
                 let start: usize = query.get("cursor").and_then(|c| c.parse().ok()).unwrap_or(0);
+                if start == 0 {
+                    state.listed.push((hook, self.clock.now_ms()));
+                }
                 let mut list: Vec<&HookAttempt> = state.attempts.iter().filter(|a| a.hook == hook).collect();
                 list.sort_by(|a, b| (&b.delivered_at, b.id).cmp(&(&a.delivered_at, a.id)));
                 let page: Vec<Value> = list
@@ -883,6 +890,7 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
     let last_creation_death: Shared<Option<Instant>> = Arc::new(Mutex::new(None));
 
     // GitHub, the deploy system, DynamoDB and the function.
+    let clock = TestClock::default();
     let github_state: Shared<GitHubState> = Arc::default();
     let github = MockServer::start().await;
     Mock::given(any())
@@ -891,6 +899,7 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
             rng: rng.clone(),
             faults_on: faults_on.clone(),
             script: Arc::default(),
+            clock: clock.clone(),
         })
         .mount(&github)
         .await;
@@ -938,7 +947,6 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
         .map(|(repo, hook_id)| HookRef::Repo { repo: RepoFullName::parse(repo).unwrap(), hook_id: *hook_id })
         .collect();
     settings.redelivery_max_attempts = MAX_REDELIVERIES;
-    let clock = TestClock::default();
     let service = Service::with_clock(store, client, deployer, clock.clone(), settings);
     let handler: Arc<ChaosHandler> = Arc::new(WebhookHandler::new(service, secrets, BUDGET));
 
@@ -1363,8 +1371,17 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
             .map(|a| (a.delivered_at[11..19].to_owned(), rfc3339_ms(a.answered_ms)[11..19].to_owned(), a.status))
             .collect();
         let watermark = watermarks.get(&latest.hook).cloned().unwrap_or_default();
+        // Listings of its webhook while it was in flight (sent, not yet answered).
+        let in_flight: Vec<String> = gh
+            .listed
+            .iter()
+            .filter(|(h, at)| {
+                *h == latest.hook && list.iter().any(|a| rfc3339_ms(*at) >= a.delivered_at && *at < a.answered_ms)
+            })
+            .map(|(_, at)| rfc3339_ms(*at)[11..19].to_owned())
+            .collect();
         violations.push(format!(
-            "delivery {guid} ({} on {}#{}) never recovered: attempts (sent, listed from, status) {tries:?}; the hook's watermark is now {watermark}",
+            "delivery {guid} ({} on {}#{}) never recovered: attempts (sent, listed from, status) {tries:?}; its webhook was listed while it was in flight at {in_flight:?}; the watermark is now {watermark}",
             latest.event,
             hook_repo(latest.hook),
             latest.hook
@@ -1605,6 +1622,7 @@ async fn an_applied_status_whose_answer_was_lost_is_not_posted_again() {
             rng: Arc::new(Mutex::new(fastrand::Rng::with_seed(1))),
             faults_on: Arc::new(AtomicBool::new(false)),
             script: Arc::new(Mutex::new(script)),
+            clock: app.clock.clone(),
         })
         .mount(&app.github)
         .await;
