@@ -21,6 +21,9 @@ use super::service::{Service, ServiceError};
 pub const LOOKBACK_MS: u64 = 3 * 24 * 3600 * 1000;
 /// The first redelivery waits this long after the failed attempt; each next one twice as long.
 pub const FIRST_BACKOFF_MS: u64 = 60_000;
+/// The watermark stays this far behind the sweep's clock: a delivery still in flight while the
+/// list is read (GitHub waits 10 s for an answer) shows up later with an earlier `delivered_at`.
+pub const SETTLE_MS: u64 = 60_000;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RedeliveryState {
@@ -93,7 +96,8 @@ pub fn plan(
         let (first, latest) = (attempts[0], attempts[attempts.len() - 1]);
         newest_seen = newest_seen.max(Some(ms(&latest.delivered_at)));
         let succeeded = attempts.iter().any(|a| (200..300).contains(&a.status_code));
-        let refused = (400..500).contains(&latest.status_code);
+        // 409 is our "another attempt is working on this right now": a later try can succeed.
+        let refused = (400..500).contains(&latest.status_code) && latest.status_code != 409;
         if succeeded || refused {
             out.settled += 1;
             continue;
@@ -132,7 +136,7 @@ pub fn plan(
         (None, Some(newest)) => Some(newest),
         (None, None) => state.watermark.as_deref().map(ms),
     };
-    next.watermark = watermark.map(|w| iso(w.max(floor)));
+    next.watermark = watermark.map(|w| iso(w.min(now_ms.saturating_sub(SETTLE_MS)).max(floor)));
     out.next = next;
     out
 }
@@ -243,14 +247,15 @@ mod tests {
             attempt(2, "b", "2026-11-22T19:00:00Z", 500),
             attempt(3, "b", "2026-11-22T19:10:00Z", 200),
             attempt(4, "c", "2026-11-22T19:00:00Z", 401),
+            attempt(9, "f", "2026-11-22T19:00:00Z", 409),
             attempt(5, "d", "2026-11-22T19:00:00Z", 0),
             attempt(6, "e", "2026-11-22T19:59:30Z", 503),
         ];
         let p = plan(&RedeliveryState::default(), &list, ms(NOW), 5);
         let mut guids: Vec<&str> = p.redeliver.iter().map(|(g, _)| g.as_str()).collect();
         guids.sort();
-        assert_eq!(guids, ["a", "d"], "e failed 30 s ago: it waits for its backoff");
-        assert_eq!((p.seen, p.settled, p.waiting), (5, 2, 1));
+        assert_eq!(guids, ["a", "d", "f"], "e failed 30 s ago: it waits for its backoff; 409 is 'busy', not refused");
+        assert_eq!((p.seen, p.settled, p.waiting), (6, 2, 1));
         // The watermark stays at the oldest open guid.
         assert_eq!(p.next.watermark.as_deref(), Some("2026-11-22T19:00:00Z"));
     }
@@ -286,6 +291,10 @@ mod tests {
         let list = [attempt(1, "a", "2026-11-22T19:00:00Z", 200), attempt(2, "b", "2026-11-22T19:30:00Z", 422)];
         let p = plan(&RedeliveryState::default(), &list, ms(NOW), 5);
         assert_eq!(p.next.watermark.as_deref(), Some("2026-11-22T19:30:00Z"));
+        // Never closer than a minute to now: a delivery in flight may still be listed late.
+        let recent = [attempt(3, "c", "2026-11-22T19:59:50Z", 200)];
+        let p = plan(&RedeliveryState::default(), &recent, ms(NOW), 5);
+        assert_eq!(p.next.watermark.as_deref(), Some("2026-11-22T19:59:00Z"));
         let old = RedeliveryState { watermark: Some("2026-01-01T00:00:00Z".into()), ..Default::default() };
         assert_eq!(since(&old, ms(NOW)), "2026-11-19T20:00:00Z");
     }
