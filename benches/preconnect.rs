@@ -11,6 +11,12 @@ use lambda_http::{Error, service_fn};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
+    // `cargo test --all-targets` runs bench targets too: outside a Lambda runtime there is
+    // nothing to measure.
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_none() {
+        println!("preconnect: started by tools/bench.py under a Lambda Runtime API; nothing to do here");
+        return Ok(());
+    }
     lambda_http::tracing::init_default_subscriber();
     let config = Config::from_env().inspect_err(|err| tracing::error!("configuration: {err}"))?;
     let sdk = app::aws_config().await?;
