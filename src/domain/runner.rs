@@ -209,6 +209,11 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         for _ in 0..500 {
             let ctx = me.ctx(self.clock.now_ms());
             let working = unsaved.iter().fold(current.state.clone(), |s, d| runs::after_work(&s, d, &ctx, &settings));
+            // A run started in memory (the next one after an end, or after an unlock) is written
+            // before any work on it: re-applied onto a fresher state it could otherwise become
+            // another deployment.
+            let run_id = |s: &EnvironmentState| s.running.as_ref().map(|r| r.deployment.id);
+            must_persist |= run_id(&working).is_some() && run_id(&working) != run_id(&current.state);
             if must_persist {
                 // The lease is renewed in the same write, to outlast the next step.
                 match self.save_held(key, &current, runs::renew(&working, me.token(), ctx.now, &settings), me).await? {
@@ -247,11 +252,8 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             }
             match self.execute(key, &working, &work, me, deadline).await {
                 Ok(done) => {
-                    // Make the end of one run durable before the next one starts, and a new
-                    // callback secret before the hook hears of it.
-                    must_persist = matches!(done, Done::SecretReplaced)
-                        || (done == Done::RunEnded
-                            && runs::after_work(&working, &done, &ctx, &settings).running.is_some());
+                    // …and a new callback secret before the hook hears of it.
+                    must_persist = matches!(done, Done::SecretReplaced);
                     unsaved.push(done);
                 }
                 Err(err) => {

@@ -328,7 +328,15 @@ impl EnvironmentState {
 
     /// Applies what time alone changes: a run past its deadline times out.
     fn expire(&mut self, now: u64, settings: &RunSettings) {
+        let lease_live = self.lease_live(now);
         if let Some(run) = &mut self.running {
+            // The hook was called (its callback came back) but its caller stopped before the
+            // 202 was recorded: the result is known, the hook must not be called again.
+            if matches!(run.phase, Phase::Starting) && !lease_live {
+                if let Some(early) = run.early_result.take() {
+                    run.phase = Phase::Finishing { result: early, external: false };
+                }
+            }
             let overdue = now >= run.deadline_ms;
             match &run.phase {
                 Phase::Awaiting if overdue => {
@@ -513,8 +521,9 @@ fn start_newest(s: &mut EnvironmentState, ctx: &Ctx<'_>, settings: &RunSettings)
     };
     let Some(pos) = s.queue.iter().rposition(startable) else { return };
     let newest = s.queue.remove(pos);
-    let (older, kept): (Vec<_>, Vec<_>) =
-        std::mem::take(&mut s.queue).into_iter().partition(|q| q.rank < newest.rank && startable(q));
+    // Everything older than what starts is superseded, held by the lock or not: it must never
+    // run after it (that would be older code).
+    let (older, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut s.queue).into_iter().partition(|q| q.rank < newest.rank);
     s.queue = kept;
     for older in older {
         supersede(s, &older, newest.id, now);
@@ -551,6 +560,9 @@ fn callback(
         CallbackReport::InProgress { description, log_url } => {
             if let Phase::Finishing { result, .. } = &run.phase {
                 return Verdict::AlreadyFinal { state: result.state };
+            }
+            if let Some(early) = &run.early_result {
+                return Verdict::AlreadyFinal { state: early.state };
             }
             let description =
                 description.clone().unwrap_or_else(|| format!("Deploying {}", run.deployment.sha.short()));
@@ -676,10 +688,12 @@ pub fn after_work(state: &EnvironmentState, done: &Done, ctx: &Ctx<'_>, settings
                 posted.iter().any(|(pid, states)| *pid == id && states.contains(&st))
             };
             s.notices.retain(|n| !has(n.deployment, n.state));
+            let mut ended = false;
             if let Some(run) = &mut s.running {
                 let id = run.deployment.id;
                 if let Some((_, states)) = posted.iter().find(|(pid, _)| *pid == id) {
                     if let Some(last) = states.iter().rev().find(|st| st.is_terminal()) {
+                        ended = true;
                         // It was finished and posted: end it with what GitHub has.
                         run.phase = Phase::Finishing {
                             result: RunResult {
@@ -694,6 +708,9 @@ pub fn after_work(state: &EnvironmentState, done: &Done, ctx: &Ctx<'_>, settings
                         run.in_progress_posted = true;
                     }
                 }
+            }
+            if ended {
+                drop_progress_notices(&mut s);
             }
             if let Some(lease) = &mut s.lease {
                 lease.reconcile = false;
@@ -716,6 +733,9 @@ pub fn after_work(state: &EnvironmentState, done: &Done, ctx: &Ctx<'_>, settings
             }
         }
         Done::HookAnswered { result } => {
+            if result.is_some() || s.running.as_ref().is_some_and(|r| r.early_result.is_some()) {
+                drop_progress_notices(&mut s);
+            }
             if let Some(run) = &mut s.running {
                 match (result, run.early_result.take()) {
                     (Some(result), _) => run.phase = Phase::Finishing { result: result.clone(), external: false },
@@ -732,6 +752,7 @@ pub fn after_work(state: &EnvironmentState, done: &Done, ctx: &Ctx<'_>, settings
             }
         }
         Done::RunEnded => {
+            drop_progress_notices(&mut s);
             if let Some(run) = s.running.take() {
                 let state = match &run.phase {
                     Phase::Finishing { result, .. } => result.state,
@@ -755,6 +776,14 @@ pub fn after_work(state: &EnvironmentState, done: &Done, ctx: &Ctx<'_>, settings
         }
     }
     s
+}
+
+/// Once a run's result is known, an `in_progress` it still owes GitHub (from a callback) would
+/// come after the terminal status: it is dropped.
+fn drop_progress_notices(s: &mut EnvironmentState) {
+    if let Some(id) = s.running.as_ref().map(|r| r.deployment.id) {
+        s.notices.retain(|n| !(n.deployment == id && n.state == DeploymentState::InProgress));
+    }
 }
 
 /// Releases the lease: when the holder is done (`None`), or when it stops early

@@ -240,7 +240,9 @@ fn a_lock_holds_everyone_but_its_holder_and_unlock_starts_the_newest() {
     let own = arrive_at(&s, alice, 3, "D");
     assert_eq!(own.verdict, Verdict::Started);
     let (s, _) = drive(own.state, 3, "D", Some(success()));
-    assert_eq!(s.queue.len(), 1, "bob's still waits");
+    // Bob's older deployment never runs after alice's newer one: it is superseded.
+    assert!(s.queue.is_empty(), "{s:?}");
+    assert_eq!(s.recent.iter().find(|r| r.id == DeploymentId(1)).unwrap().state, DeploymentState::Inactive);
     let mut bob2 = dep(3, "t3");
     bob2.requester = Some("bob".into());
     let s = drive(arrive_at(&s, bob2, 4, "E").state, 4, "E", None).0;
@@ -250,4 +252,37 @@ fn a_lock_holds_everyone_but_its_holder_and_unlock_starts_the_newest() {
     assert_eq!(s.running.as_ref().unwrap().deployment.id, DeploymentId(3), "the newest starts");
     assert_eq!(s.recent.iter().find(|r| r.id == DeploymentId(1)).unwrap().state, DeploymentState::Inactive);
     assert_eq!(s.rollback_target(), None, "only one success so far");
+}
+
+#[test]
+fn an_in_progress_owed_from_a_callback_is_never_posted_after_the_result() {
+    let started = arrive_at(&EnvironmentState::default(), dep(1, "t1"), 0, "A").state;
+    let hash = started.running.as_ref().unwrap().token_hash.clone();
+    // While A calls the hook (lease live), B records an in_progress callback: A will post it.
+    let progress = Trigger::Callback {
+        id: DeploymentId(1),
+        token_hash: hash,
+        report: CallbackReport::InProgress { description: None, log_url: Some("https://log".into()) },
+    };
+    let with_notice = apply(&started, &progress, &ctx(1, "B"), &SETTINGS).state;
+    assert_eq!(with_notice.notices.len(), 1);
+    // A's synchronous result, re-applied onto that fresher state: the in_progress goes.
+    let answered = after_work(&with_notice, &Done::HookAnswered { result: Some(success()) }, &ctx(2, "A"), &SETTINGS);
+    assert!(answered.notices.is_empty(), "{answered:?}");
+}
+
+#[test]
+fn a_result_that_came_back_before_its_caller_died_is_used_not_asked_again() {
+    let started = arrive_at(&EnvironmentState::default(), dep(1, "t1"), 0, "A").state;
+    let mut s = after_work(&started, &Done::InProgressPosted, &ctx(0, "A"), &SETTINGS);
+    let hash = s.running.as_ref().unwrap().token_hash.clone();
+    let done = Trigger::Callback { id: DeploymentId(1), token_hash: hash, report: CallbackReport::Finished(success()) };
+    s = apply(&s, &done, &ctx(1, "B"), &SETTINGS).state;
+    assert!(s.running.as_ref().unwrap().early_result.is_some());
+    // A died before recording the 202; the sweep takes over once its lease has run out.
+    let swept = apply(&s, &Trigger::Sweep, &ctx(SETTINGS.lease_ms + 1, "S"), &SETTINGS);
+    assert_eq!(swept.verdict, Verdict::Accepted);
+    let (_, works) = drive(swept.state, SETTINGS.lease_ms + 1, "S", None);
+    assert!(!works.contains(&Work::CallHook), "the hook is not called again: {works:?}");
+    assert!(works.contains(&Work::PostResult(success())), "{works:?}");
 }
