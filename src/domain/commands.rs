@@ -15,7 +15,6 @@ use tracing::{debug, warn};
 use super::deadline::Deadline;
 use super::event::CommentCommand;
 use super::ports::{Claim, Clock, CreationRecord, DeployAction, EnvKey, GitHub, Lease, NewDeployment, Store};
-use super::runner::Holder;
 use super::runs::{DESCRIPTION_LIMIT, Phase, Trigger, Verdict};
 use super::service::{Outcome, Service, ServiceError};
 use super::types::{DeliveryId, DeploymentId, Environment, Sha, truncate_chars};
@@ -217,7 +216,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                 let key = EnvKey { repo: cmd.repo.clone(), environment: env.clone() };
                 let reason = reason.chars().filter(|c| !c.is_control()).take(100).collect::<String>();
                 let trigger = Trigger::Lock { holder: who.clone(), reason: reason.clone() };
-                let verdict = self.apply_command(&key, &trigger, deadline).await?;
+                let verdict = self.act(&key, None, &trigger, deadline).await?.0;
                 let reply = match verdict {
                     Verdict::LockedBy { holder, reason } => {
                         return self
@@ -241,7 +240,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             }
             (Command::Unlock { .. }, Some(env)) => {
                 let key = EnvKey { repo: cmd.repo.clone(), environment: env.clone() };
-                self.apply_command(&key, &Trigger::Unlock, deadline).await?;
+                self.act(&key, None, &Trigger::Unlock, deadline).await?;
                 let reply = format!("🔓 `{env}` is unlocked; the newest waiting deployment starts.");
                 self.github.comment(&cmd.repo, cmd.issue, &reply, deadline).await?;
                 Ok(CommandResult::Replied)
@@ -313,22 +312,6 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                 Ok(CommandResult::Replied)
             }
         }
-    }
-
-    /// Applies a lock change to the environment and does what it owes (e.g. `.unlock` starts
-    /// the newest waiting deployment).
-    async fn apply_command(
-        &self,
-        key: &EnvKey,
-        trigger: &Trigger,
-        deadline: Deadline,
-    ) -> Result<Verdict, ServiceError> {
-        let me = Holder::new();
-        let (verdict, current) = self.transition(key, None, trigger, &me).await?;
-        if current.state.holds_lease(me.token()) {
-            self.drive(key, current, &me, deadline).await?;
-        }
-        Ok(verdict)
     }
 
     #[allow(clippy::too_many_arguments)]

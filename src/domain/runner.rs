@@ -65,10 +65,9 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         let key = EnvKey { repo: d.repo.clone(), environment: d.environment.clone() };
         let to_run = self.to_run(delivery, d, callback_base);
         let trigger = Trigger::Arrived(to_run);
-        let me = Holder::new();
         let wait_until = Deadline::after(deadline.cap(self.settings.busy_wait));
-        let (verdict, mut current) = loop {
-            let (verdict, current) = self.transition(&key, None, &trigger, &me).await?;
+        let (verdict, current) = loop {
+            let (verdict, current) = self.act(&key, None, &trigger, deadline).await?;
             if verdict != Verdict::Busy {
                 break (verdict, current);
             }
@@ -78,9 +77,6 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             }
             tokio::time::sleep(self.settings.busy_poll).await;
         };
-        if current.state.holds_lease(me.token()) {
-            current = self.drive(&key, current, &me, deadline).await?;
-        }
         let state = state_of(&current.state, d.id);
         debug!(deployment_id = %d.id, environment = %d.environment, verdict = ?verdict, state = %state, "deployment handled");
         Ok(Outcome::Deployment { id: d.id, verdict, state })
@@ -95,13 +91,10 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
     ) -> Result<Outcome, ServiceError> {
         let key = EnvKey { repo: token.repo.clone(), environment: token.environment.clone() };
         let trigger = Trigger::Callback { id: token.deployment, token_hash: token.hash(), report };
-        let me = Holder::new();
-        let (verdict, current) = self.transition(&key, None, &trigger, &me).await?;
+        // An unknown token changes nothing, so nothing was driven either.
+        let (verdict, _) = self.act(&key, None, &trigger, deadline).await?;
         if verdict == Verdict::UnknownToken {
             return Err(ServiceError::UnknownRun);
-        }
-        if current.state.holds_lease(me.token()) {
-            self.drive(&key, current, &me, deadline).await?;
         }
         debug!(deployment_id = %token.deployment, environment = %token.environment, verdict = ?verdict, "callback handled");
         Ok(Outcome::Callback { id: token.deployment, verdict })
@@ -116,13 +109,9 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         state: DeploymentState,
         deadline: Deadline,
     ) -> Result<(), ServiceError> {
-        let me = Holder::new();
-        let (verdict, current) = self.transition(key, None, &Trigger::TerminalStatus { id, state }, &me).await?;
+        let (verdict, _) = self.act(key, None, &Trigger::TerminalStatus { id, state }, deadline).await?;
         if verdict == Verdict::Accepted {
             debug!(deployment_id = %id, %state, "the running deployment was ended by a status posted outside deploy-webhook");
-        }
-        if current.state.holds_lease(me.token()) {
-            self.drive(key, current, &me, deadline).await?;
         }
         Ok(())
     }
@@ -144,16 +133,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                 warn!("the sweep ran out of time; the next one goes on");
                 break;
             }
-            let me = Holder::new();
-            let result = async {
-                let (verdict, current) = self.transition(&key, Some(current), &Trigger::Sweep, &me).await?;
-                if current.state.holds_lease(me.token()) {
-                    self.drive(&key, current, &me, deadline).await?;
-                }
-                Ok::<_, ServiceError>(verdict)
-            }
-            .await;
-            match result {
+            match self.act(&key, Some(current), &Trigger::Sweep, deadline).await.map(|(verdict, _)| verdict) {
                 Ok(Verdict::Accepted) => report.healed += 1,
                 Ok(_) => {}
                 Err(err) => {
@@ -167,9 +147,26 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
 
     // ------------------------------------------------------------ the state, written once per change
 
+    /// The one way to take work on an environment: apply `trigger`, and if that made this
+    /// caller the lease holder, do what the environment owes and release it.
+    pub(crate) async fn act(
+        &self,
+        key: &EnvKey,
+        known: Option<Versioned>,
+        trigger: &Trigger,
+        deadline: Deadline,
+    ) -> Result<(Verdict, Versioned), ServiceError> {
+        let me = Holder::new();
+        let (verdict, mut current) = self.transition(key, known, trigger, &me).await?;
+        if current.state.holds_lease(me.token()) {
+            current = self.drive(key, current, &me, deadline).await?;
+        }
+        Ok((verdict, current))
+    }
+
     /// Applies `trigger` and writes the result if it changed anything, re-applying it to the
     /// fresh state when another writer came first.
-    pub(crate) async fn transition(
+    async fn transition(
         &self,
         key: &EnvKey,
         known: Option<Versioned>,
@@ -195,7 +192,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
     }
 
     /// Does the work the environment owes while we hold its lease, then releases it.
-    pub(crate) async fn drive(
+    async fn drive(
         &self,
         key: &EnvKey,
         mut current: Versioned,
@@ -482,17 +479,17 @@ fn state_of(state: &EnvironmentState, id: DeploymentId) -> DeploymentState {
 }
 
 /// One caller of the state machine: its lease token, and the callback secret of a run it starts.
-pub(crate) struct Holder {
+struct Holder {
     token: String,
     secret: String,
 }
 
 impl Holder {
-    pub(crate) fn new() -> Self {
+    fn new() -> Self {
         Self { token: hex::encode(random_bytes::<8>()), secret: hex::encode(random_bytes::<16>()) }
     }
 
-    pub(crate) fn token(&self) -> &str {
+    fn token(&self) -> &str {
         &self.token
     }
 
