@@ -3,11 +3,8 @@
 //! ([`app::Clients::open_connections`]). tools/bench.py starts it like the real binary to
 //! measure the first delivery after a cold start both ways, over TLS stand-ins.
 
-use std::sync::Arc;
-
 use deploy_webhook::{app, config::Config, schedule};
-use lambda_http::lambda_runtime::{self, LambdaEvent};
-use lambda_http::{Error, service_fn};
+use lambda_http::Error;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
@@ -22,13 +19,6 @@ async fn main() -> Result<(), Error> {
     let sdk = app::aws_config().await?;
     let clients = app::Clients::new(&config, &sdk)?;
     clients.open_connections(&config).await;
-    let handler = Arc::new(app::handler_from(&config, &clients)?);
-    let budget = config.delivery_budget;
-    deploy_webhook::metrics::enable();
-
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<schedule::Invocation>| {
-        let handler = Arc::clone(&handler);
-        async move { Ok::<_, std::convert::Infallible>(schedule::dispatch(&handler, event, budget).await) }
-    }))
-    .await
+    let handler = app::handler_from(&config, &clients)?;
+    schedule::serve(handler, config.delivery_budget).await
 }

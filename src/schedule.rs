@@ -38,6 +38,24 @@ impl Invocation {
     }
 }
 
+/// Serves invocations until the runtime stops: the loop both entrypoints (`src/main.rs` and the
+/// bench's `preconnect`) run once their handler is built. Metrics go to the log from here on.
+pub async fn serve<S, G, D, C>(handler: WebhookHandler<S, G, D, C>, budget: Duration) -> Result<(), lambda_http::Error>
+where
+    S: Store + 'static,
+    G: GitHub + 'static,
+    D: DeployAction + 'static,
+    C: Clock + 'static,
+{
+    crate::metrics::enable();
+    let handler = std::sync::Arc::new(handler);
+    lambda_http::lambda_runtime::run(service_fn(move |event: LambdaEvent<Invocation>| {
+        let handler = std::sync::Arc::clone(&handler);
+        async move { Ok::<_, Infallible>(dispatch(&handler, event, budget).await) }
+    }))
+    .await
+}
+
 /// Runs one invocation and returns what Lambda should answer.
 pub async fn dispatch<S: Store, G: GitHub, D: DeployAction, C: Clock>(
     handler: &WebhookHandler<S, G, D, C>,
