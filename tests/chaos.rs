@@ -229,6 +229,25 @@ fn count_fault(state: &mut GitHubState, name: &'static str) {
     *state.faults.entry(name).or_default() += 1;
 }
 
+/// The faults that answer without applying anything: a 502, or a secondary rate limit.
+fn refuse_before_applying(state: &mut GitHubState, fault: &Fault) -> Option<ResponseTemplate> {
+    match fault {
+        Fault::BadGateway => {
+            count_fault(state, "502");
+            Some(ResponseTemplate::new(502))
+        }
+        Fault::RateLimited => {
+            count_fault(state, "rate_limited");
+            Some(
+                ResponseTemplate::new(403)
+                    .insert_header("retry-after", "1")
+                    .set_body_json(json!({"message": "You have exceeded a secondary rate limit."})),
+            )
+        }
+        _ => None,
+    }
+}
+
 impl FaultyGitHub {
     /// The repository webhook deliveries endpoints, with the same faults as the rest: the list
     /// (newest first, paged by cursor) and the attempts endpoint, which queues a redelivery.
@@ -240,18 +259,8 @@ impl FaultyGitHub {
         }
         let fault = self.pick_fault();
         let mut state = self.state.lock().unwrap();
-        match fault {
-            Fault::BadGateway => {
-                count_fault(&mut state, "502");
-                return ResponseTemplate::new(502);
-            }
-            Fault::RateLimited => {
-                count_fault(&mut state, "rate_limited");
-                return ResponseTemplate::new(403)
-                    .insert_header("retry-after", "1")
-                    .set_body_json(json!({"message": "You have exceeded a secondary rate limit."}));
-            }
-            _ => {}
+        if let Some(refused) = refuse_before_applying(&mut state, &fault) {
+            return refused;
         }
         let method = request.method.as_str();
         let response = match (method, parts.len()) {
@@ -359,18 +368,8 @@ impl Respond for FaultyGitHub {
             }
         }
         let count = count_fault;
-        match fault {
-            Fault::BadGateway => {
-                count(&mut state, "502");
-                return ResponseTemplate::new(502);
-            }
-            Fault::RateLimited => {
-                count(&mut state, "rate_limited");
-                return ResponseTemplate::new(403)
-                    .insert_header("retry-after", "1")
-                    .set_body_json(json!({"message": "You have exceeded a secondary rate limit."}));
-            }
-            _ => {}
+        if let Some(refused) = refuse_before_applying(&mut state, &fault) {
+            return refused;
         }
         let method = request.method.as_str();
         let response = match (method, parts.len()) {
