@@ -608,7 +608,8 @@ def render(results, throughput, zip_size, peer_note, elapsed, logs, tls):
         f"Python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
         f"{SPAWNS} cold starts and {WARM} warm deliveries per kind; run took {elapsed:.0f} s; commit {commit()}.",
         "Each function is a fresh process under a local Lambda Runtime API; DynamoDB is moto on loopback",
-        "(requests serialized), GitHub is the loopback stand-in, so latencies are dominated by moto.",
+        "(requests serialized, connections kept open as DynamoDB keeps them), GitHub is the loopback",
+        "stand-in, so latencies are dominated by moto.",
         "",
         "## Cold start (median)",
         "",
@@ -703,8 +704,8 @@ def render(results, throughput, zip_size, peer_note, elapsed, logs, tls):
                          f"{r['first_cpu']:.1f} ms | {r['second']:.1f} ms | {r['init'] + r['first']:.1f} ms | "
                          f"{r['handshakes']:g} |")
         plain, lazy, eager = (tls[w] for w in tls)
-        lines += ["", "The local DynamoDB server closes its connection after every answer, so each DynamoDB request "
-                  "here is a new handshake (real DynamoDB keeps the connection): the handshake counts are an upper bound.",
+        lines += ["", "The local DynamoDB server keeps its connections open, as DynamoDB does, so a process makes "
+                  "one handshake per server it talks to unless a connection is dropped.",
                   "", f"Decision: the function does **not** open its connections during init. Opening them there "
                   f"moves the TLS work from the first delivery ({lazy['first']:.1f} → {eager['first']:.1f} ms) into "
                   f"init ({lazy['init']:.1f} → {eager['init']:.1f} ms, {eager['init'] / med(floor['init']):.0f}× the "

@@ -5,6 +5,7 @@ What it adds to moto:
   * Requests are served one at a time. moto checks a ConditionExpression and then writes with no
     lock, so two concurrent conditional writes could both succeed; real DynamoDB makes each
     single-item write atomic. Serializing restores that, so a race the tests find is ours.
+  * HTTP/1.1 connections are kept open between requests, as DynamoDB keeps them.
   * GET  /_local/stats         counts of requests by operation (X-Amz-Target); POST resets them.
   * POST /_local/faults        {"count": N, "kind": "throttle" | "unavailable", "table": T}:
                                the next N DynamoDB requests on table T (any table if T is
@@ -23,8 +24,10 @@ import io
 import json
 import os
 import sys
-import logging
 import threading
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from loopback_server import QuietThreadingHTTPServer  # noqa: E402
 
 for key, value in {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}.items():
@@ -98,6 +101,65 @@ def make_app():
     return app
 
 
+def keep_alive_handler(app):
+    """An HTTP/1.1 handler that serves the WSGI `app` and keeps the connection open, as DynamoDB
+    does (werkzeug's development server closes it after every answer, so each request would pay
+    a new TCP connection, and over TLS a new handshake, that production does not)."""
+    from http.server import BaseHTTPRequestHandler
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.serve()
+
+        do_POST = do_PUT = do_DELETE = do_HEAD = do_GET
+
+        def serve(self):
+            path, _, query = self.path.partition("?")
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            environ = {
+                "REQUEST_METHOD": self.command, "PATH_INFO": path, "QUERY_STRING": query,
+                "SERVER_NAME": "127.0.0.1", "SERVER_PORT": str(self.server.server_address[1]),
+                "SERVER_PROTOCOL": self.request_version, "REMOTE_ADDR": self.client_address[0],
+                "CONTENT_TYPE": self.headers.get("Content-Type", ""), "CONTENT_LENGTH": str(len(body)),
+                "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
+                "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
+                "wsgi.run_once": False,
+            }
+            for name, value in self.headers.items():
+                key = "HTTP_" + name.upper().replace("-", "_")
+                if key not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
+                    environ[key] = value
+            answer = {}
+
+            def start_response(status, headers, exc_info=None):
+                answer["status"], answer["headers"] = status, headers
+                return lambda data: None
+
+            result = app(environ, start_response)
+            try:
+                out = b"".join(result)
+            finally:
+                if hasattr(result, "close"):
+                    result.close()
+            code, _, reason = answer["status"].partition(" ")
+            self.send_response(int(code), reason)
+            for name, value in answer["headers"]:
+                if name.lower() not in ("content-length", "connection", "transfer-encoding", "date", "server"):
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(out)
+
+    return Handler
+
+
 def table_of(raw):
     try:
         return json.loads(raw or b"{}").get("TableName")
@@ -136,9 +198,7 @@ def main():
     parser.add_argument("--exit-with-parent", action="store_true")
     args = parser.parse_args()
 
-    from werkzeug.serving import make_server
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = make_server("127.0.0.1", args.port, make_app(), threaded=True)
+    server = QuietThreadingHTTPServer(("127.0.0.1", args.port), keep_alive_handler(make_app()))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     endpoint = f"http://127.0.0.1:{server.server_port}"
     for table in args.table:
