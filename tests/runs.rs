@@ -358,3 +358,48 @@ async fn the_hook_gets_its_whole_timeout_within_the_budget() {
     let (status, body) = app.send(&deployment(81, "2026-11-22T19:00:00Z")).await;
     assert_eq!((status, body["detail"]["state"].as_str()), (200, Some("success")), "{body}");
 }
+
+#[tokio::test]
+async fn a_deployment_older_than_all_its_environment_remembers_gets_inactive_unless_it_has_a_final_status() {
+    use deploy_webhook::domain::ports::{EnvKey, Store};
+    use deploy_webhook::domain::runs::{EnvironmentState, Rank};
+    use deploy_webhook::domain::{Environment, RepoFullName};
+
+    let (app, hook) = async_app().await;
+    // The environment has run deployments up to #900 and forgotten those up to #800.
+    let key = EnvKey { repo: RepoFullName::parse(REPO).unwrap(), environment: Environment::production() };
+    let remembered = EnvironmentState {
+        started: Some(Rank("2026-06-01T00:00:00Z".into(), 900)),
+        forgotten_up_to: Some(Rank("2026-05-01T00:00:00Z".into(), 800)),
+        ..Default::default()
+    };
+    app.handler.service().store().save_environment(&key, &remembered, 0).await.unwrap().unwrap();
+    let statuses = |id: u64| format!("/repos/{REPO}/deployments/{id}/statuses");
+    // #41's delivery comes very late and it never got a final status; #42 ran long ago.
+    Mock::given(method("GET"))
+        .and(path(statuses(41)))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([
+            {"id": 7, "state": "queued", "description": "waiting", "creator": {"login": "deploy-bot"}}
+        ])))
+        .expect(1)
+        .mount(&app.github)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(statuses(42)))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([
+            {"id": 9, "state": "success", "description": "deployed", "creator": {"login": "deploy-bot"}},
+            {"id": 8, "state": "in_progress", "description": "deploying", "creator": {"login": "deploy-bot"}}
+        ])))
+        .expect(1)
+        .mount(&app.github)
+        .await;
+
+    for id in [41, 42] {
+        let (status, body) = app.send(&deployment(id, "2026-04-01T00:00:00Z")).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("stale")), "{body}");
+    }
+    assert_eq!(posted(&app).await, vec![(41, "inactive".to_owned(), "superseded by deployment #900".to_owned())]);
+    assert!(hook.received_requests().await.unwrap().is_empty(), "a forgotten deployment is never run");
+    let env = app.environment("production").await;
+    assert!(env.get("running").is_none() && env.get("queue").is_none(), "{env}");
+}

@@ -77,9 +77,41 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             }
             tokio::time::sleep(self.settings.busy_poll).await;
         };
+        if verdict == Verdict::Stale {
+            self.settle_forgotten(d, &current.state, deadline).await?;
+        }
         let state = state_of(&current.state, d.id);
         debug!(deployment_id = %d.id, environment = %d.environment, verdict = ?verdict, state = %state, "deployment handled");
         Ok(Outcome::Deployment { id: d.id, verdict, state })
+    }
+
+    /// A deployment older than every run its environment remembers (its delivery came more than
+    /// [`runs::RECENT_RUNS`] deployments late): it either ran long ago or was never seen here.
+    /// GitHub tells which. One without a final status gets `inactive`, as any deployment
+    /// superseded by a newer one does, instead of staying pending for good; one that has its
+    /// final status is left alone. Nothing is stored: a repeat asks GitHub again (and, in a race
+    /// with itself, could post `inactive` twice, which changes nothing on GitHub).
+    async fn settle_forgotten(
+        &self,
+        d: &DeploymentCreated,
+        state: &EnvironmentState,
+        deadline: Deadline,
+    ) -> Result<(), ServiceError> {
+        let statuses = self.github.list_deployment_statuses(&d.repo, d.id, deadline).await?;
+        if statuses.iter().any(|status| status.state.is_terminal()) {
+            return Ok(());
+        }
+        let by =
+            state.started.as_ref().map_or_else(|| "a newer deployment".to_owned(), |r| format!("deployment #{}", r.1));
+        let status = NewStatus {
+            state: DeploymentState::Inactive,
+            description: truncate_chars(&format!("superseded by {by}"), DESCRIPTION_LIMIT),
+            log_url: None,
+            environment_url: None,
+        };
+        self.github.create_deployment_status(&d.repo, d.id, &status, deadline).await?;
+        debug!(deployment_id = %d.id, environment = %d.environment, "a forgotten deployment without a final status was made inactive");
+        Ok(())
     }
 
     /// A callback from the deploy system, its signature already verified.

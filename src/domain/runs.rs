@@ -148,7 +148,8 @@ pub struct EnvironmentState {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent: Vec<FinishedRun>,
     /// Deployments at or below this rank fell out of `recent`: a late delivery for one of them
-    /// is answered `stale` and changes nothing.
+    /// is answered `stale` and changes nothing here (the runner asks GitHub whether it still
+    /// needs its final status).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forgotten_up_to: Option<Rank>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -223,7 +224,8 @@ pub enum Verdict {
     Duplicate { state: DeploymentState },
     /// Running, and another instance is working on it right now.
     Busy,
-    /// Older than anything this environment still remembers: nothing is done.
+    /// Older than anything this environment still remembers: nothing is stored (the runner
+    /// gives it `inactive` if GitHub shows it never got a final status).
     Stale,
     /// A callback or status accepted.
     Accepted,
