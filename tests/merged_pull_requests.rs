@@ -456,3 +456,43 @@ async fn a_live_claim_held_by_another_attempt_answers_409_in_progress() {
 fn delivery() -> deploy_webhook::domain::DeliveryId {
     deploy_webhook::domain::DeliveryId::parse(&new_delivery_id()).unwrap()
 }
+
+#[tokio::test]
+async fn of_two_instances_taking_over_the_same_dead_claim_exactly_one_wins() {
+    use deploy_webhook::domain::ports::{Claim, CreationKey, CreationRecord, Store};
+    use deploy_webhook::domain::{DeliveryId, Environment, RepoFullName, Sha};
+
+    let app = TestApp::start().await;
+    let store = app.handler.service().store();
+    let key =
+        CreationKey { repo: RepoFullName::parse(REPO).unwrap(), pr_number: 7, environment: Environment::production() };
+    let sha = Sha::parse(&"a".repeat(40)).unwrap();
+    let delivery = DeliveryId::parse("first").unwrap();
+    // The first claimant takes a lease that runs out at once: it died.
+    let first = store.claim_deployment_creation(&key, &sha, &delivery, false, Duration::from_millis(1)).await.unwrap();
+    assert!(matches!(first, Claim::Acquired(ref lease, ()) if lease.attempt == 1), "{first:?}");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // Two redeliveries take it over at once: both see the expired lease, one gets the item.
+    let (a, b) = (DeliveryId::parse("second").unwrap(), DeliveryId::parse("third").unwrap());
+    let (a, b) = tokio::join!(
+        store.claim_deployment_creation(&key, &sha, &a, false, Duration::from_secs(30)),
+        store.claim_deployment_creation(&key, &sha, &b, false, Duration::from_secs(30)),
+    );
+    let claims = [a.unwrap(), b.unwrap()];
+    let won: Vec<_> =
+        claims.iter().filter_map(|c| if let Claim::Acquired(l, ()) = c { Some(l) } else { None }).collect();
+    assert_eq!(won.len(), 1, "{claims:?}");
+    assert_eq!(won[0].attempt, 2, "a takeover knows an earlier attempt may have done part of the work");
+    assert!(claims.iter().any(|c| matches!(c, Claim::Busy)), "{claims:?}");
+
+    // Once recorded, a late claim gets the record, not the work.
+    store
+        .finish_deployment_creation(&key, won[0], &CreationRecord::Created(deploy_webhook::domain::DeploymentId(5)))
+        .await
+        .unwrap();
+    let late = store.claim_deployment_creation(&key, &sha, &delivery, false, Duration::from_secs(30)).await.unwrap();
+    assert!(matches!(late, Claim::Done(CreationRecord::Created(_))), "{late:?}");
+    let items = app.items().await;
+    assert_eq!(attr_n(creation_items(&items)[0], "attempts"), Some(2));
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::domain::ports::{Claim, Lease, StoreError};
 use crate::domain::types::{DeliveryId, RepoFullName};
 
-use super::{DynamoStore, get_s, lease_from, n, new_token, now_iso, now_ms, s};
+use super::{DynamoStore, Item, get_n, get_s, now_iso, s};
 
 fn comment_key(repo: &RepoFullName, id: u64) -> (String, String) {
     (format!("REPO#{}", repo.key()), format!("COMMENT#{id}"))
@@ -21,26 +21,16 @@ impl DynamoStore {
         delivery: &DeliveryId,
         lease_for: Duration,
     ) -> Result<Claim<String>, StoreError> {
-        let (pk, sk) = comment_key(repo, id);
-        let (now, token) = (now_ms(), new_token());
-        let update = self
-            .update(pk, sk)
-            .update_expression(
-                "SET #state = :working, lease_token = :token, lease_until = :until, delivery = :delivery, \
-                 updated_at = :iso, kind = :kind ADD attempts :one",
-            )
-            .condition_expression("attribute_not_exists(pk) OR (#state = :working AND lease_until < :now)")
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":working", s("working"))
-            .expression_attribute_values(":token", s(&token))
-            .expression_attribute_values(":until", n(now + lease_for.as_millis() as u64))
-            .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":delivery", s(delivery.as_str()))
-            .expression_attribute_values(":iso", s(now_iso()))
-            .expression_attribute_values(":kind", s("comment"))
-            .expression_attribute_values(":one", n(1));
-        Ok(match self.claim(update).await? {
-            Ok(item) => Claim::Acquired(lease_from(&item, token, "attempts"), ()),
+        let fields = Item::from([
+            ("state".to_owned(), s("working")),
+            ("delivery".to_owned(), s(delivery.as_str())),
+            ("kind".to_owned(), s("comment")),
+        ]);
+        let may_take = |old: &Item, now: u64| {
+            get_s(old, "state") == Some("working") && get_n(old, "lease_until").unwrap_or(0) < now
+        };
+        Ok(match self.claim(comment_key(repo, id), fields, lease_for, false, may_take).await? {
+            Ok(lease) => Claim::Acquired(lease, ()),
             Err(Some(old)) if get_s(&old, "state") == Some("done") => {
                 Claim::Done(get_s(&old, "outcome").unwrap_or_default().to_owned())
             }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::domain::ports::{Claim, CreationKey, CreationRecord, Lease, StoreError};
 use crate::domain::types::{DeliveryId, DeploymentId, Sha};
 
-use super::{DynamoStore, Item, corrupt, get_n, get_s, lease_from, n, new_token, now_iso, now_ms, s};
+use super::{DynamoStore, Item, corrupt, get_n, get_s, n, now_iso, s};
 
 fn creation_key(key: &CreationKey) -> (String, String) {
     (format!("REPO#{}", key.repo.key()), format!("CREATE#PR#{}#ENV#{}", key.pr_number, key.environment))
@@ -37,37 +37,24 @@ impl DynamoStore {
         after_wait: bool,
         lease_for: Duration,
     ) -> Result<Claim<CreationRecord>, StoreError> {
-        let (pk, sk) = creation_key(key);
-        let condition = if after_wait {
-            "attribute_not_exists(pk) OR (#state = :creating AND lease_until < :now) OR #state = :waiting"
-        } else {
-            "attribute_not_exists(pk) OR (#state = :creating AND lease_until < :now)"
+        let fields = Item::from([
+            ("state".to_owned(), s("creating")),
+            ("sha".to_owned(), s(sha.as_str())),
+            ("pr_number".to_owned(), n(key.pr_number)),
+            ("environment".to_owned(), s(key.environment.as_str())),
+            ("repository".to_owned(), s(key.repo.as_str())),
+            ("delivery".to_owned(), s(delivery.as_str())),
+            ("kind".to_owned(), s("deployment_creation")),
+        ]);
+        // A claim whose holder died (its lease ran out) is taken over; so is a merge that waited
+        // for checks, when the checks are what brings it back.
+        let may_take = |old: &Item, now: u64| match get_s(old, "state") {
+            Some("creating") => get_n(old, "lease_until").unwrap_or(0) < now,
+            Some("waiting") => after_wait,
+            _ => false,
         };
-        let (now, token) = (now_ms(), new_token());
-        let update = self
-            .update(pk, sk)
-            .update_expression(
-                "SET #state = :creating, lease_token = :token, lease_until = :until, sha = :sha, \
-                 pr_number = :pr, environment = :env, repository = :repo, delivery = :delivery, \
-                 updated_at = :iso, kind = :kind ADD attempts :one",
-            )
-            .condition_expression(condition)
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":creating", s("creating"))
-            .expression_attribute_values(":token", s(&token))
-            .expression_attribute_values(":until", n(now + lease_for.as_millis() as u64))
-            .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":sha", s(sha.as_str()))
-            .expression_attribute_values(":pr", n(key.pr_number))
-            .expression_attribute_values(":env", s(key.environment.as_str()))
-            .expression_attribute_values(":repo", s(key.repo.as_str()))
-            .expression_attribute_values(":delivery", s(delivery.as_str()))
-            .expression_attribute_values(":iso", s(now_iso()))
-            .expression_attribute_values(":kind", s("deployment_creation"))
-            .expression_attribute_values(":one", n(1));
-        let update = if after_wait { update.expression_attribute_values(":waiting", s("waiting")) } else { update };
-        Ok(match self.claim(update).await? {
-            Ok(item) => Claim::Acquired(lease_from(&item, token, "attempts"), ()),
+        Ok(match self.claim(creation_key(key), fields, lease_for, after_wait, may_take).await? {
+            Ok(lease) => Claim::Acquired(lease, ()),
             Err(Some(old)) => match creation_record(&old)? {
                 Some(record) => Claim::Done(record),
                 None => Claim::Busy,

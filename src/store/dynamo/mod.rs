@@ -23,9 +23,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use tracing::warn;
 
 use crate::domain::StatusRecord;
@@ -72,19 +73,65 @@ impl DynamoStore {
         Ok(out.item)
     }
 
-    /// Sends a claim: `Ok(Ok(new item))` when won, `Ok(Err(old item))` when the condition failed.
-    async fn claim(&self, update: UpdateItemFluentBuilder) -> Result<Result<Item, Option<Item>>, StoreError> {
-        let sent = update
-            .return_values(ReturnValue::AllNew)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+    /// Claims the item at (`pk`, `sk`) by writing it whole: `fields`, a new lease good for
+    /// `lease_for`, and `attempts`, the number of claims the item has had. A PutItem, not an
+    /// UpdateItem: the claimant knows every field, and a new item (the usual case) takes one
+    /// write. An existing item is taken only if `may_take(old item, now)`, by a second write
+    /// conditioned on the `attempts` and `state` it was read with, so that of two claimants that
+    /// read the same item exactly one wins, and a holder that finished in between is not
+    /// overwritten. `expect_existing` starts with a read instead of a write that would fail.
+    /// `Ok(Err(item))`: not ours, with what is stored.
+    async fn claim(
+        &self,
+        (pk, sk): (String, String),
+        fields: Item,
+        lease_for: Duration,
+        expect_existing: bool,
+        may_take: impl Fn(&Item, u64) -> bool,
+    ) -> Result<Result<Lease, Option<Item>>, StoreError> {
+        let (now, token) = (now_ms(), new_token());
+        let put = |attempt: u64| {
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(fields.clone()))
+                .item("pk", s(&pk))
+                .item("sk", s(&sk))
+                .item("lease_token", s(&token))
+                .item("lease_until", n(now + lease_for.as_millis() as u64))
+                .item("attempts", n(attempt))
+                .item("updated_at", s(now_iso()))
+                .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+        };
+        let old = if expect_existing {
+            self.get(pk.clone(), sk.clone()).await?
+        } else {
+            match put(1).condition_expression("attribute_not_exists(pk)").send().await {
+                Ok(_) => return Ok(Ok(Lease { token, attempt: 1 })),
+                Err(err) => put_condition_failed(err)?,
+            }
+        };
+        let Some(old) = old else {
+            return match put(1).condition_expression("attribute_not_exists(pk)").send().await {
+                Ok(_) => Ok(Ok(Lease { token, attempt: 1 })),
+                Err(err) => Ok(Err(put_condition_failed(err)?)),
+            };
+        };
+        if !may_take(&old, now) {
+            return Ok(Err(Some(old)));
+        }
+        let attempts = get_n(&old, "attempts").unwrap_or(1);
+        let state = get_s(&old, "state").unwrap_or_default().to_owned();
+        let taken = put(attempts + 1)
+            .condition_expression("attempts = :attempts AND #state = :state")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":attempts", n(attempts))
+            .expression_attribute_values(":state", s(state))
             .send()
             .await;
-        match sent {
-            Ok(out) => Ok(Ok(out.attributes.unwrap_or_default())),
-            Err(err) => match condition_failed(err) {
-                Ok(old) => Ok(Err(old)),
-                Err(err) => Err(err),
-            },
+        match taken {
+            Ok(_) => Ok(Ok(Lease { token, attempt: (attempts + 1) as u32 })),
+            Err(err) => Ok(Err(put_condition_failed(err)?)),
         }
     }
 
@@ -114,6 +161,17 @@ impl DynamoStore {
             .expression_attribute_values(":iso", s(now_iso()))
             .expression_attribute_values(":token", s(&lease.token));
         self.guarded(update, what).await.map(drop)
+    }
+}
+
+/// [`condition_failed`], for a PutItem.
+fn put_condition_failed(err: SdkError<PutItemError>) -> Result<Option<Item>, StoreError> {
+    match err {
+        SdkError::ServiceError(service) => match service.into_err() {
+            PutItemError::ConditionalCheckFailedException(e) => Ok(e.item),
+            other => Err(StoreError::Unavailable(DisplayErrorContext(other).to_string())),
+        },
+        other => Err(unavailable(other)),
     }
 }
 
@@ -158,10 +216,6 @@ fn get_n(item: &Item, key: &str) -> Option<u64> {
 
 fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(what.to_owned())
-}
-
-fn lease_from(item: &Item, token: String, attempts_attr: &str) -> Lease {
-    Lease { token, attempt: get_n(item, attempts_attr).unwrap_or(1) as u32 }
 }
 
 fn new_token() -> String {
