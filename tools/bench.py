@@ -247,17 +247,26 @@ def expect_2xx(name, response):
     return body
 
 
-def run_subject(subject, env, github, endpoint, pr_numbers, sweep_env=None, hook=None):
-    result = {"init": [], "first": []}
+def cold_starts(subjects, envs, pr_numbers):
+    """SPAWNS cold starts of each subject, taken in turns (A B C A B C ...), so that a change in
+    the machine's load during the run weighs on all of them alike: the init ratios compare like
+    with like. Per subject: init times and spawn → end of the first delivery, in ms."""
+    results = {subject.name: {"init": [], "first": []} for subject in subjects}
     for _ in range(SPAWNS):
-        fn = LambdaFor(subject, env)
-        try:
-            result["init"].append(fn.wait_ready())
-            event = merged_pr_event(next(pr_numbers)) if subject.full else ignored_event()
-            fn.invoke(event)
-            result["first"].append((time.monotonic() - fn.spawned_at) * 1000)
-        finally:
-            fn.stop()
+        for subject in subjects:
+            fn = LambdaFor(subject, envs[subject.name])
+            try:
+                results[subject.name]["init"].append(fn.wait_ready())
+                event = merged_pr_event(next(pr_numbers)) if subject.full else ignored_event()
+                fn.invoke(event)
+                results[subject.name]["first"].append((time.monotonic() - fn.spawned_at) * 1000)
+            finally:
+                fn.stop()
+    return results
+
+
+def run_subject(subject, env, github, endpoint, pr_numbers, result, sweep_env=None, hook=None):
+    """The warm deliveries of `subject`, added to `result` (its cold starts)."""
     if not subject.full:
         return result
     ours = sweep_env is not None  # the peer has no callbacks and no sweep
@@ -536,15 +545,16 @@ def main():
     sweep_env = {**env, "DEPLOY_HOOK_URL": f"{hook.url}/never", "DEPLOY_TIMEOUT_MINUTES": str(SWEEP_TIMEOUT_MINUTES),
                  "DEPLOY_RULES": ",".join(["@default=production"] + [f"sweep/{i}=sweep-{i}" for i in range(WARM)])}
     pr_numbers = iter(range(1000, 10**9))
-    results = {}
     try:
+        print("cold starts, in turns ...", flush=True)
+        results = cold_starts(subjects, {s.name: ours_env if s is ours else env for s in subjects}, pr_numbers)
         for subject in subjects:
             print(f"measuring {subject.name} ...", flush=True)
             if subject is ours:
-                results[subject.name] = run_subject(subject, ours_env, github, endpoint, pr_numbers,
-                                                    sweep_env=sweep_env, hook=hook)
+                run_subject(subject, ours_env, github, endpoint, pr_numbers, results[subject.name],
+                            sweep_env=sweep_env, hook=hook)
             else:
-                results[subject.name] = run_subject(subject, env, github, endpoint, pr_numbers)
+                run_subject(subject, env, github, endpoint, pr_numbers, results[subject.name])
         print("log lines per delivery at INFO ...", flush=True)
         logs = log_lines(ours.command, ours_env, github, pr_numbers, hook)
         print("first delivery after a cold start over TLS ...", flush=True)
@@ -623,7 +633,8 @@ def render(results, throughput, zip_size, peer_note, elapsed, logs, tls):
     lines += ["", f"Init ratio deploy-webhook / floor: **{med(ours['init']) / med(floor['init']):.2f}×** (target ≤ 1.5×)."]
     if peer:
         lines.append(f"Init ratio deploy-webhook / Python peer: {med(ours['init']) / med(peer['init']):.3f}×.")
-    lines += ["", "The floor's first delivery is a fixed answer; the others' is a merged PR.", "",
+    lines += ["", "The floor's first delivery is a fixed answer; the others' is a merged PR. The cold starts are "
+              "taken in turns, one of each function after the other, so that the ratios compare like with like.", "",
               "## Warm deliveries", "",
               "CPU is the process CPU clock around each measured invocation (all threads); DynamoDB requests and",
               "GitHub calls are counted around each one, so the deliveries that set a kind up are not counted.",
