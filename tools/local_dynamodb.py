@@ -83,22 +83,28 @@ def make_app():
                 return reply(start_response, "503 Service Unavailable", {
                     "__type": "com.amazonaws.dynamodb.v20120810#InternalServerError",
                     "message": "injected fault"}, "application/x-amz-json-1.0")
-            captured = {}
-
-            def capture(status, headers, exc_info=None):
-                captured["status"], captured["headers"] = status, headers
-                return lambda data: None
-
-            result = moto_app(environ, capture)
-            try:
-                body = b"".join(result)
-            finally:
-                if hasattr(result, "close"):
-                    result.close()
-        start_response(captured["status"], captured["headers"])
+            status, headers, body = call_wsgi(moto_app, environ)
+        start_response(status, headers)
         return [body]
 
     return app
+
+
+def call_wsgi(app, environ):
+    """Runs the WSGI `app` on `environ` to the end: (status line, headers, whole body)."""
+    answer = {}
+
+    def start_response(status, headers, exc_info=None):
+        answer["status"], answer["headers"] = status, headers
+        return lambda data: None
+
+    result = app(environ, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        if hasattr(result, "close"):
+            result.close()
+    return answer["status"], answer["headers"], body
 
 
 def keep_alive_handler(app):
@@ -135,21 +141,10 @@ def keep_alive_handler(app):
                 key = "HTTP_" + name.upper().replace("-", "_")
                 if key not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
                     environ[key] = value
-            answer = {}
-
-            def start_response(status, headers, exc_info=None):
-                answer["status"], answer["headers"] = status, headers
-                return lambda data: None
-
-            result = app(environ, start_response)
-            try:
-                out = b"".join(result)
-            finally:
-                if hasattr(result, "close"):
-                    result.close()
-            code, _, reason = answer["status"].partition(" ")
+            status, headers, out = call_wsgi(app, environ)
+            code, _, reason = status.partition(" ")
             self.send_response(int(code), reason)
-            for name, value in answer["headers"]:
+            for name, value in headers:
                 if name.lower() not in ("content-length", "connection", "transfer-encoding", "date", "server"):
                     self.send_header(name, value)
             self.send_header("Content-Length", str(len(out)))
