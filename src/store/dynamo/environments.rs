@@ -4,8 +4,6 @@
 //! only thing that decides and two writers can never both win; a lost race returns the stored
 //! item, so retrying costs no extra read.
 
-use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -16,7 +14,7 @@ use crate::domain::redelivery::RedeliveryState;
 use crate::domain::runs::EnvironmentState;
 use crate::domain::types::{Environment, RepoFullName, Sha};
 
-use super::{DynamoStore, Item, corrupt, get_n, get_s, n, now_iso, s, unavailable};
+use super::{DynamoStore, Item, corrupt, get_n, get_s, n, now_iso, put_condition_failed, s, unavailable};
 
 /// The partition of the sparse `due` index: every environment with work due.
 const DUE_PARTITION: &str = "DUE";
@@ -92,15 +90,11 @@ impl DynamoStore {
         };
         match put.send().await {
             Ok(_) => Ok(Ok(version)),
-            Err(SdkError::ServiceError(service)) => match service.into_err() {
-                PutItemError::ConditionalCheckFailedException(e) => match e.item {
-                    Some(item) => Ok(Err(versioned(&item)?)),
-                    // The item vanished (deleted by hand): start from nothing.
-                    None => Ok(Err(Versioned { state: T::default(), version: 0 })),
-                },
-                other => Err(unavailable(other)),
+            Err(err) => match put_condition_failed(err)? {
+                Some(item) => Ok(Err(versioned(&item)?)),
+                // The item vanished (deleted by hand): start from nothing.
+                None => Ok(Err(Versioned { state: T::default(), version: 0 })),
             },
-            Err(other) => Err(unavailable(other)),
         }
     }
 

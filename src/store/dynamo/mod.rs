@@ -103,19 +103,16 @@ impl DynamoStore {
                 .item("updated_at", s(now_iso()))
                 .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
         };
-        let old = if expect_existing {
-            self.get(pk.clone(), sk.clone()).await?
-        } else {
-            match put(1).condition_expression("attribute_not_exists(pk)").send().await {
+        let known = if expect_existing { self.get(pk.clone(), sk.clone()).await? } else { None };
+        let old = match known {
+            Some(old) => old,
+            None => match put(1).condition_expression("attribute_not_exists(pk)").send().await {
                 Ok(_) => return Ok(Ok(Lease { token, attempt: 1 })),
-                Err(err) => put_condition_failed(err)?,
-            }
-        };
-        let Some(old) = old else {
-            return match put(1).condition_expression("attribute_not_exists(pk)").send().await {
-                Ok(_) => Ok(Ok(Lease { token, attempt: 1 })),
-                Err(err) => Ok(Err(put_condition_failed(err)?)),
-            };
+                Err(err) => match put_condition_failed(err)? {
+                    Some(old) => old,
+                    None => return Ok(Err(None)),
+                },
+            },
         };
         if !may_take(&old, now) {
             return Ok(Err(Some(old)));
