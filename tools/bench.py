@@ -21,6 +21,7 @@ Environment: BENCH_SPAWNS (cold starts per function, default 41), BENCH_WARM (wa
 kind, default 200); BENCH_NO_ZIP=1 skips the arm64 build (quick iterations; the zip figure is then
 left out).
 """
+import datetime
 import heapq
 import json
 import os
@@ -156,7 +157,8 @@ def merged_pr_event(number):
     payload["pull_request"]["merge_commit_sha"] = uuid.uuid4().hex + uuid.uuid4().hex[:8]
     # Merged now: every merge is newer than what the environment ran before (the sample's 2019
     # merge would be an older merge than the deployments measured earlier, and be superseded).
-    payload["pull_request"]["merged_at"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() // 1000 % 10**6:06d}Z"
+    now = datetime.datetime.now(datetime.timezone.utc)  # one clock read: seconds and fraction agree
+    payload["pull_request"]["merged_at"] = now.isoformat(timespec="microseconds").replace("+00:00", "Z")
     return events.api_gateway_event("pull_request", payload, str(uuid.uuid4()), SECRET)
 
 
