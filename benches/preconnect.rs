@@ -3,7 +3,7 @@
 //! ([`app::Clients::open_connections`]). tools/bench.py starts it like the real binary to
 //! measure the first delivery after a cold start both ways, over TLS stand-ins.
 
-use deploy_webhook::{app, config::Config, schedule};
+use deploy_webhook::{app, config::Config, logging, schedule};
 use lambda_http::Error;
 
 #[tokio::main(flavor = "current_thread")]
@@ -14,7 +14,7 @@ async fn main() -> Result<(), Error> {
         println!("preconnect: started by tools/bench.py under a Lambda Runtime API; nothing to do here");
         return Ok(());
     }
-    lambda_http::tracing::init_default_subscriber();
+    logging::init_from_env()?;
     let config = Config::from_env().inspect_err(|err| tracing::error!("configuration: {err}"))?;
     let sdk = app::aws_config().await?;
     let clients = app::Clients::new(&config, &sdk)?;

@@ -18,6 +18,7 @@ pub mod domain;
 pub mod error;
 pub mod github;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod schedule;
 pub mod store;

@@ -2,13 +2,13 @@
 //! The Lambda entrypoint: logging, configuration, clients, once per cold start; then serve both
 //! kinds of invocation: API Gateway requests (webhooks and callbacks) and the scheduled sweep.
 
-use deploy_webhook::{app, config::Config, schedule};
+use deploy_webhook::{app, config::Config, logging, schedule};
 use lambda_http::Error;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     // JSON logs when AWS_LAMBDA_LOG_FORMAT=JSON; level from AWS_LAMBDA_LOG_LEVEL or RUST_LOG.
-    lambda_http::tracing::init_default_subscriber();
+    logging::init_from_env()?;
 
     let config = Config::from_env().inspect_err(|err| tracing::error!("configuration: {err}"))?;
     let sdk = app::aws_config().await?;

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use serde_json::json;
+use tracing_subscriber::layer::SubscriberExt;
 use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -94,11 +95,9 @@ async fn no_secret_signature_or_payload_text_is_ever_logged() {
 async fn each_delivery_logs_one_line_at_info() {
     let captured = Captured::default();
     let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("deploy_webhook=info")
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
+    let only_ours: tracing_subscriber::filter::Targets = "deploy_webhook=info".parse().unwrap();
+    let subscriber =
+        tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish().with(only_ours);
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let app = TestApp::start().await;
