@@ -32,12 +32,9 @@ impl LogSettings {
     /// the level of every target that `RUST_LOG` does not name; without it, a bare level in
     /// `RUST_LOG`, or INFO.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, LogSettingError> {
-        let json = var("AWS_LAMBDA_LOG_FORMAT").is_some_and(|format| format.trim().eq_ignore_ascii_case("json"));
-        let mut filter = match var("RUST_LOG").filter(|value| !value.trim().is_empty()) {
-            Some(value) => value
-                .trim()
-                .parse::<Targets>()
-                .map_err(|err| LogSettingError::BadDirectives { reason: err.to_string(), value })?,
+        let json = json_format(&var);
+        let mut filter = match var("RUST_LOG") {
+            Some(value) => directives(&value)?,
             None => Targets::new(),
         };
         match var("AWS_LAMBDA_LOG_LEVEL").filter(|value| !value.trim().is_empty()) {
@@ -50,11 +47,33 @@ impl LogSettings {
 
     /// Sets the process's subscriber: lines to stdout, which Lambda sends to CloudWatch.
     pub fn install(self) {
-        let lines = tracing_subscriber::fmt::layer().with_target(false).without_time();
+        // `log_internal_errors`: a line that cannot be written says so on stderr (as `fmt()` does).
+        let lines = tracing_subscriber::fmt::layer().with_target(false).without_time().log_internal_errors(true);
         let registry = tracing_subscriber::registry().with(self.filter);
         // `try_init`: a second subscriber (a test that installed its own) is not an error.
         let _ = if self.json { registry.with(lines.json()).try_init() } else { registry.with(lines).try_init() };
     }
+}
+
+fn json_format(var: &impl Fn(&str) -> Option<String>) -> bool {
+    var("AWS_LAMBDA_LOG_FORMAT").is_some_and(|format| format.trim().eq_ignore_ascii_case("json"))
+}
+
+/// `RUST_LOG` as [`Targets`]. Its parser takes every comma-separated part as it is, and reads an
+/// empty level as ERROR: a trailing comma or `crate=` would quietly silence everything else. Here
+/// parts are trimmed, empty parts skipped, and an empty level is an error.
+fn directives(value: &str) -> Result<Targets, LogSettingError> {
+    let bad = |reason: String| LogSettingError::BadDirectives { value: value.to_string(), reason };
+    let parts: Vec<&str> = value.split(',').map(str::trim).filter(|part| !part.is_empty()).collect();
+    if let Some(part) = parts.iter().find(|part| part.split_once('=').is_some_and(|(_, level)| level.trim().is_empty()))
+    {
+        return Err(bad(format!("{part:?} has no level")));
+    }
+    let normalized = parts.iter().map(|part| part.replace(' ', "")).collect::<Vec<_>>().join(",");
+    if normalized.is_empty() {
+        return Ok(Targets::new());
+    }
+    normalized.parse().map_err(|err: tracing_subscriber::filter::ParseError| bad(err.to_string()))
 }
 
 /// Lambda's application log levels, which include FATAL (tracing's most severe level is ERROR).
@@ -79,8 +98,7 @@ pub fn init_from_env() -> Result<(), LogSettingError> {
             Ok(())
         }
         Err(err) => {
-            let json = var("AWS_LAMBDA_LOG_FORMAT").is_some_and(|format| format.trim().eq_ignore_ascii_case("json"));
-            LogSettings { json, filter: Targets::new().with_default(LevelFilter::INFO) }.install();
+            LogSettings { json: json_format(&var), filter: Targets::new().with_default(LevelFilter::INFO) }.install();
             tracing::error!("logging: {err}");
             Err(err)
         }
@@ -140,6 +158,18 @@ mod tests {
     }
 
     #[test]
+    fn rust_log_parts_are_trimmed_and_empty_parts_skipped() {
+        let s = settings(&[("RUST_LOG", " deploy_webhook = debug , hyper=warn, ,")]).unwrap();
+        assert!(enables(&s.filter, "deploy_webhook", Level::DEBUG));
+        assert!(enables(&s.filter, "hyper", Level::WARN));
+        assert!(!enables(&s.filter, "hyper", Level::INFO));
+        // No bare level in RUST_LOG and no Lambda level: the rest stays at INFO (an empty part
+        // parsed as it is would have set it to ERROR).
+        assert!(enables(&s.filter, "aws_smithy_runtime", Level::INFO));
+        assert!(!enables(&s.filter, "aws_smithy_runtime", Level::DEBUG));
+    }
+
+    #[test]
     fn bad_settings_name_their_variable() {
         let level = settings(&[("AWS_LAMBDA_LOG_LEVEL", "LOUD")]).unwrap_err();
         assert_eq!(level, LogSettingError::BadLevel("LOUD".into()));
@@ -150,5 +180,8 @@ mod tests {
             matches!(&directives, LogSettingError::BadDirectives { value, .. } if value == "deploy_webhook=verbose")
         );
         assert!(directives.to_string().starts_with("RUST_LOG "));
+
+        let no_level = settings(&[("RUST_LOG", "deploy_webhook=")]).unwrap_err();
+        assert!(no_level.to_string().contains("\"deploy_webhook=\" has no level"), "{no_level}");
     }
 }
