@@ -166,7 +166,7 @@ fn put_condition_failed(err: SdkError<PutItemError>) -> Result<Option<Item>, Sto
     match err {
         SdkError::ServiceError(service) => match service.into_err() {
             PutItemError::ConditionalCheckFailedException(e) => Ok(e.item),
-            other => Err(StoreError::Unavailable(DisplayErrorContext(other).to_string())),
+            other => Err(unavailable(other)),
         },
         other => Err(unavailable(other)),
     }
@@ -177,7 +177,7 @@ fn condition_failed(err: SdkError<UpdateItemError>) -> Result<Option<Item>, Stor
     match err {
         SdkError::ServiceError(service) => match service.into_err() {
             UpdateItemError::ConditionalCheckFailedException(e) => Ok(e.item),
-            other => Err(StoreError::Unavailable(DisplayErrorContext(other).to_string())),
+            other => Err(unavailable(other)),
         },
         other => Err(unavailable(other)),
     }
