@@ -593,7 +593,7 @@ def cpu_profile(ours):
     if abs(d) < 1e-12:
         return None
     per_ddb, per_gh = (sxz * syy - syz * sxy) / d, (sxx * syz - sxy * sxz) / d
-    if per_gh < 0:  # below the noise: a GitHub call on loopback costs next to nothing
+    if per_gh < 0:  # below the noise: an HTTP call on loopback costs next to nothing
         per_ddb, per_gh = sxz / sxx, 0.0
     return [base, per_ddb, per_gh]
 
