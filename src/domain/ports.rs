@@ -343,6 +343,10 @@ pub trait GitHub: Send + Sync {
         deadline: Deadline,
     ) -> impl Future<Output = Result<Vec<StatusRecord>, GitHubError>> + Send;
 
+    /// The login our statuses are posted as (the token's user, or the App's `<slug>[bot]`):
+    /// a terminal status by any other creator was posted by someone else.
+    fn own_login(&self, deadline: Deadline) -> impl Future<Output = Result<String, GitHubError>> + Send;
+
     fn permission(
         &self,
         repo: &RepoFullName,

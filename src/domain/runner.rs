@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 use super::deadline::Deadline;
 use super::event::DeploymentCreated;
 use super::ports::{
-    Clock, DeployAction, EnvKey, GitHub, GitHubError, HookAnswer, HookCall, NewStatus, Store, Versioned,
+    Clock, DeployAction, EnvKey, GitHub, GitHubError, HookAnswer, HookCall, NewStatus, Store, StoreError, Versioned,
 };
 use super::runs::{
     self, CallbackReport, Ctx, DESCRIPTION_LIMIT, DeploymentToRun, Done, EnvironmentState, Phase, Rank, Trigger,
@@ -215,8 +215,8 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             if applied.state == current.state {
                 return Ok((applied.verdict, current));
             }
-            match self.store.save_environment(key, &applied.state, current.version).await? {
-                Ok(version) => return Ok((applied.verdict, Versioned { state: applied.state, version })),
+            match self.write(key, &current, applied.state).await? {
+                Ok(saved) => return Ok((applied.verdict, saved)),
                 Err(fresh) => current = fresh,
             }
         }
@@ -237,7 +237,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         let mut must_persist = false;
         for _ in 0..500 {
             let ctx = me.ctx(self.clock.now_ms());
-            let working = unsaved.iter().fold(current.state.clone(), |s, d| runs::after_work(&s, d, &ctx, &settings));
+            let working = with_work(&current.state, &unsaved, &ctx, &settings);
             // A run started in memory (the next one after an end, or after an unlock) is written
             // before any work on it: re-applied onto a fresher state it could otherwise become
             // another deployment.
@@ -268,10 +268,8 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             let reserve = if work == Work::CallHook { HOOK_RESERVE } else { STEP_RESERVE };
             if deadline.remaining() < reserve {
                 debug!(environment = %key.environment, "out of time for this delivery; the sweep takes over");
-                let released = runs::release(&working, me.token(), Some(ctx.now));
-                return match self.save_held(key, &current, released, me).await? {
-                    Ok(saved) | Err(saved) => Ok(saved),
-                };
+                let release = |s: &EnvironmentState| runs::release(s, me.token(), Some(ctx.now));
+                return self.save_unsaved(key, current, &unsaved, me, release).await;
             }
             let lease_left = working.lease.as_ref().map_or(0, |l| l.until_ms.saturating_sub(ctx.now));
             if work == Work::CallHook && lease_left < settings.lease_ms / 2 {
@@ -279,17 +277,36 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                 must_persist = true;
                 continue;
             }
-            match self.execute(key, &working, &work, me, deadline).await {
+            let step = match self.execute(key, &working, &work, me, deadline).await {
                 Ok(done) => {
                     // …and a new callback secret before the hook hears of it.
-                    must_persist = matches!(done, Done::SecretReplaced);
+                    must_persist = matches!(done, Done::SecretReplaced(_));
+                    let answered = matches!(done, Done::HookAnswered { result: Some(_), .. });
                     unsaved.push(done);
+                    if answered {
+                        // A hook call takes long; someone may have ended the run meanwhile (a
+                        // terminal status of theirs) or a callback may have come: read the state
+                        // again before posting the answer, so that it is not posted after theirs.
+                        self.store.load_environment(key).await.map(Some).map_err(ServiceError::from)
+                    } else {
+                        Ok(None)
+                    }
+                }
+                Err(err) => Err(err),
+            };
+            match step {
+                Ok(None) => {}
+                Ok(Some(fresh)) if fresh.state.holds_lease(me.token()) => current = fresh,
+                Ok(Some(_)) => {
+                    warn!(environment = %key.environment, "lost the environment's lease to another instance");
+                    return Err(ServiceError::InProgress);
                 }
                 Err(err) => {
                     warn!(environment = %key.environment, error = %err, "a step failed; the sweep retries it");
                     let retry_at = ctx.now + self.settings.retry_after.as_millis() as u64;
-                    let released = runs::release(&working, me.token(), Some(retry_at));
-                    if let Err(store_err) = self.save_held(key, &current, released, me).await {
+                    let release = |s: &EnvironmentState| runs::release(s, me.token(), Some(retry_at));
+                    // What was done before the failure (a hook's answer above all) is kept.
+                    if let Err(store_err) = self.save_unsaved(key, current, &unsaved, me, release).await {
                         warn!(error = %store_err, "could not record the failed step; the lease will expire");
                     }
                     return Err(err);
@@ -297,6 +314,45 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             }
         }
         Err(ServiceError::InProgress)
+    }
+
+    /// Writes the work done so far, and `finish` over it, however often other writers come
+    /// first (the work is re-applied to each fresh state): a holder that stops early keeps
+    /// what it learnt, so that nobody does it again.
+    async fn save_unsaved(
+        &self,
+        key: &EnvKey,
+        mut current: Versioned,
+        unsaved: &[Done],
+        me: &Holder,
+        finish: impl Fn(&EnvironmentState) -> EnvironmentState,
+    ) -> Result<Versioned, ServiceError> {
+        let settings = self.settings.runs_for(&key.environment);
+        for _ in 0..MAX_CONFLICTS {
+            let ctx = me.ctx(self.clock.now_ms());
+            let state = finish(&with_work(&current.state, unsaved, &ctx, &settings));
+            match self.save_held(key, &current, state, me).await? {
+                Ok(saved) => return Ok(saved),
+                Err(fresh) => current = fresh,
+            }
+        }
+        Err(ServiceError::InProgress)
+    }
+
+    /// Writes `state` over `current`: `Ok(Err(fresh))` when another writer came first. A
+    /// conflict that answers exactly what we wrote, one version on, is our own write: DynamoDB
+    /// applied it, its answer was lost and the retry's condition failed on it.
+    async fn write(
+        &self,
+        key: &EnvKey,
+        current: &Versioned,
+        state: EnvironmentState,
+    ) -> Result<Result<Versioned, Versioned>, StoreError> {
+        Ok(match self.store.save_environment(key, &state, current.version).await? {
+            Ok(version) => Ok(Versioned { state, version }),
+            Err(fresh) if fresh.version == current.version + 1 && fresh.state == state => Ok(fresh),
+            Err(fresh) => Err(fresh),
+        })
     }
 
     /// Writes a state the lease holder computed. `Ok(Err(fresh))`: another writer came first and
@@ -308,8 +364,8 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         state: EnvironmentState,
         me: &Holder,
     ) -> Result<Result<Versioned, Versioned>, ServiceError> {
-        match self.store.save_environment(key, &state, current.version).await? {
-            Ok(version) => Ok(Ok(Versioned { state, version })),
+        match self.write(key, current, state).await? {
+            Ok(saved) => Ok(Ok(saved)),
             Err(fresh) if fresh.state.holds_lease(me.token()) => Ok(Err(fresh)),
             Err(_) => {
                 warn!(environment = %key.environment, "lost the environment's lease to another instance");
@@ -379,13 +435,13 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                         ),
                     ],
                 );
-                Ok(Done::InProgressPosted)
+                Ok(Done::InProgressPosted(run.deployment.id))
             }
             Work::StartNext => Ok(Done::StartedNext),
             Work::CallHook => {
                 let run = running(state)?;
                 if run.token_hash != runs::secret_hash(&me.secret) {
-                    return Ok(Done::SecretReplaced);
+                    return Ok(Done::SecretReplaced(run.deployment.id));
                 }
                 let token = CallbackToken::new(repo, environment, run.deployment.id, &me.secret);
                 let base = self.settings.public_url.as_deref().or(run.deployment.callback_base.as_deref());
@@ -400,7 +456,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                     HookAnswer::Finished(result) => Some(result),
                     HookAnswer::Accepted => None,
                 };
-                Ok(Done::HookAnswered { result })
+                Ok(Done::HookAnswered { deployment: run.deployment.id, result })
             }
             Work::PostResult(result) => {
                 let run = running(state)?;
@@ -433,9 +489,10 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                         ("DeployDurationMs", now.saturating_sub(run.started_ms) as f64, Unit::Milliseconds),
                     ],
                 );
-                Ok(Done::ResultPosted)
+                Ok(Done::ResultPosted(run.deployment.id))
             }
-            Work::EndRun => Ok(Done::RunEnded),
+            Work::TakeEarlyResult => Ok(Done::HookAnswered { deployment: running(state)?.deployment.id, result: None }),
+            Work::EndRun => Ok(Done::RunEnded(running(state)?.deployment.id)),
         }
     }
 
@@ -464,6 +521,11 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             pr: d.payload.pointer("/pull_request/number").and_then(|v| v.as_u64()),
         }
     }
+}
+
+/// `state` with the work done since it was read.
+fn with_work(state: &EnvironmentState, done: &[Done], ctx: &Ctx<'_>, settings: &runs::RunSettings) -> EnvironmentState {
+    done.iter().fold(state.clone(), |s, d| runs::after_work(&s, d, ctx, settings))
 }
 
 fn announcement<'a>(

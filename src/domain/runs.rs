@@ -162,6 +162,18 @@ pub struct EnvironmentState {
     pub last_success: Option<FinishedRun>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock: Option<EnvLock>,
+    /// Deployments someone else ended (a terminal status not posted by us) before their
+    /// `deployment` event arrived here: when it comes, they never run. The newest
+    /// [`RECENT_RUNS`], oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ended_elsewhere: Vec<EndedElsewhere>,
+}
+
+/// A terminal status that someone else posted for a deployment this environment has not seen yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedElsewhere {
+    pub id: DeploymentId,
+    pub state: DeploymentState,
 }
 
 /// The settings a transition needs.
@@ -195,7 +207,10 @@ pub enum Trigger {
     Arrived(DeploymentToRun),
     /// A verified callback (its token hash matched) for a deployment.
     Callback { id: DeploymentId, token_hash: String, report: CallbackReport },
-    /// A terminal `deployment_status` that GitHub reports for a deployment here.
+    /// A terminal `deployment_status` that someone else posted (its creator is not us) for a
+    /// deployment here: the deployment ends in that state, whatever it was doing, and nothing
+    /// more is posted for it. Our own terminal statuses come back as webhooks too, but they
+    /// never become this trigger: the holder that posted one ends the run itself.
     TerminalStatus { id: DeploymentId, state: DeploymentState },
     /// The sweep: heal whatever is due.
     Sweep,
@@ -289,12 +304,8 @@ impl EnvironmentState {
         successes.find(|r| r.sha != current.sha)
     }
 
+    /// What this environment knows of a deployment that is not the running one.
     fn knows(&self, id: DeploymentId) -> Option<DeploymentState> {
-        if let Some(run) = &self.running {
-            if run.deployment.id == id {
-                return Some(DeploymentState::InProgress);
-            }
-        }
         if self.queue.iter().any(|d| d.id == id) {
             return Some(DeploymentState::Queued);
         }
@@ -309,7 +320,7 @@ impl EnvironmentState {
             return Some(lease.until_ms.max(self.retry_at_ms.unwrap_or(0)));
         }
         let owes_work = !self.notices.is_empty()
-            || (self.running.is_none() && self.can_start_next())
+            || self.can_start_next()
             || self.running.as_ref().is_some_and(|r| !matches!(r.phase, Phase::Awaiting));
         if owes_work {
             return Some(self.retry_at_ms.unwrap_or(0));
@@ -429,6 +440,20 @@ fn arrive(s: &mut EnvironmentState, d: &DeploymentToRun, ctx: &Ctx<'_>, settings
         }
         return Verdict::Duplicate { state };
     }
+    // Someone else ended it before it got here: it never runs.
+    if let Some(pos) = s.ended_elsewhere.iter().position(|e| e.id == d.id) {
+        let ended = s.ended_elsewhere.remove(pos);
+        s.remember(FinishedRun {
+            id: d.id,
+            state: ended.state,
+            token_hash: None,
+            sha: None,
+            pr: d.pr,
+            rank: d.rank.clone(),
+            at_ms: now,
+        });
+        return Verdict::Duplicate { state: ended.state };
+    }
     if s.forgotten_up_to.as_ref().is_some_and(|f| d.rank <= *f) {
         return Verdict::Stale;
     }
@@ -476,11 +501,10 @@ fn arrive(s: &mut EnvironmentState, d: &DeploymentToRun, ctx: &Ctx<'_>, settings
                 // Anything queued while nobody ran (a start that failed) competes with it.
                 let pos = s.queue.partition_point(|q| q.rank < d.rank);
                 s.queue.insert(pos, d.clone());
-                start_newest(s, ctx, settings);
-                match &s.running {
-                    Some(run) if run.deployment.id == d.id => Verdict::Started,
-                    Some(run) => Verdict::Superseded { by: run.deployment.id },
-                    None => Verdict::Started,
+                // `d` is startable (a lock that holds it returned above), so something starts.
+                match start_newest(s, ctx, settings) {
+                    Some(started) if started != d.id => Verdict::Superseded { by: started },
+                    _ => Verdict::Started,
                 }
             } else {
                 // Someone holds the lease with nothing running (posting notices): it starts this.
@@ -511,18 +535,20 @@ fn supersede(s: &mut EnvironmentState, d: &DeploymentToRun, by: DeploymentId, no
 }
 
 /// Starts the newest queued deployment if nothing runs; every older queued one is superseded.
-fn start_newest(s: &mut EnvironmentState, ctx: &Ctx<'_>, settings: &RunSettings) {
+/// Returns the deployment it started.
+fn start_newest(s: &mut EnvironmentState, ctx: &Ctx<'_>, settings: &RunSettings) -> Option<DeploymentId> {
     let now = ctx.now;
     if s.running.is_some() {
-        return;
+        return None;
     }
     // While locked, only the holder's deployments may start; the others keep waiting.
     let startable = |d: &DeploymentToRun| match &s.lock {
         Some(lock) => d.requester.as_deref() == Some(lock.holder.as_str()),
         None => true,
     };
-    let Some(pos) = s.queue.iter().rposition(startable) else { return };
+    let pos = s.queue.iter().rposition(startable)?;
     let newest = s.queue.remove(pos);
+    let id = newest.id;
     // Everything older than what starts is superseded, held by the lock or not: it must never
     // run after it (that would be older code).
     let (older, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut s.queue).into_iter().partition(|q| q.rank < newest.rank);
@@ -540,6 +566,7 @@ fn start_newest(s: &mut EnvironmentState, ctx: &Ctx<'_>, settings: &RunSettings)
         phase: Phase::Starting,
         deployment: newest,
     });
+    Some(id)
 }
 
 fn callback(
@@ -552,6 +579,7 @@ fn callback(
     settings: &RunSettings,
 ) -> Verdict {
     let matches_hash = |h: &str| !h.is_empty() && constant_time_eq(h.as_bytes(), token_hash.as_bytes());
+    let holder_at_work = s.lease_live(now);
     let Some(run) = s.running.as_mut().filter(|r| r.deployment.id == id && matches_hash(&r.token_hash)) else {
         return match s.recent.iter().rev().find(|r| r.id == id) {
             Some(f) if f.token_hash.as_deref().is_some_and(matches_hash) => Verdict::AlreadyFinal { state: f.state },
@@ -581,7 +609,14 @@ fn callback(
                 if let Some(early) = &run.early_result {
                     return Verdict::AlreadyFinal { state: early.state };
                 }
-                run.early_result = Some(result.clone());
+                if holder_at_work {
+                    // The hook call is in flight: its caller takes this result when it answers.
+                    run.early_result = Some(result.clone());
+                } else {
+                    // Whoever called the hook is gone: the result is known, and nobody may call
+                    // the hook again for it.
+                    run.phase = Phase::Finishing { result: result.clone(), external: false };
+                }
             }
             Phase::Awaiting => run.phase = Phase::Finishing { result: result.clone(), external: false },
         },
@@ -598,28 +633,43 @@ fn terminal_status(
     now: u64,
     settings: &RunSettings,
 ) -> Verdict {
-    let lease_live = s.lease_live(now);
-    let Some(run) = s.running.as_mut().filter(|r| r.deployment.id == id) else {
-        return Verdict::NotRunning;
-    };
-    // While a live holder runs the start or posts the result, a terminal status is most likely
-    // its own, coming back as a webhook: the holder ends the run.
-    let ours_in_flight =
-        matches!(run.phase, Phase::Finishing { .. }) || (matches!(run.phase, Phase::Starting) && lease_live);
-    if ours_in_flight {
-        return Verdict::NotRunning;
+    // Whatever we still owe GitHub for it would come after that status: dropped.
+    s.notices.retain(|n| n.deployment != id);
+    if let Some(run) = s.running.as_mut().filter(|r| r.deployment.id == id) {
+        // Ended already (its result posted, by us or by someone else): nothing changes.
+        if matches!(run.phase, Phase::Finishing { external: true, .. }) {
+            return Verdict::NotRunning;
+        }
+        // Ended by someone else, whatever the holder is doing: a hook answer that comes back
+        // now is dropped, and the holder (or we, if nobody holds it) ends the run unposted.
+        run.early_result = None;
+        run.phase = Phase::Finishing {
+            result: RunResult {
+                state,
+                description: format!("ended by a {state} status posted outside deploy-webhook"),
+                log_url: None,
+                environment_url: None,
+            },
+            external: true,
+        };
+        s.take_lease(token, now, settings);
+        return Verdict::Accepted;
     }
-    run.phase = Phase::Finishing {
-        result: RunResult {
-            state,
-            description: format!("ended by a {state} status posted outside deploy-webhook"),
-            log_url: None,
-            environment_url: None,
-        },
-        external: true,
-    };
-    s.take_lease(token, now, settings);
-    Verdict::Accepted
+    if let Some(pos) = s.queue.iter().position(|d| d.id == id) {
+        // Waiting, and ended by someone else: it leaves the queue and never runs.
+        let d = s.queue.remove(pos);
+        s.remember(FinishedRun { id, state, token_hash: None, sha: None, pr: d.pr, rank: d.rank, at_ms: now });
+        return Verdict::Accepted;
+    }
+    if s.knows(id).is_none() {
+        // Not here yet (its `deployment` event is late): kept, so that it never runs.
+        s.ended_elsewhere.retain(|e| e.id != id);
+        s.ended_elsewhere.push(EndedElsewhere { id, state });
+        if s.ended_elsewhere.len() > RECENT_RUNS {
+            s.ended_elsewhere.remove(0);
+        }
+    }
+    Verdict::NotRunning
 }
 
 /// The next piece of work the lease holder owes, if any.
@@ -633,6 +683,9 @@ pub enum Work {
     StartNext,
     PostInProgress,
     CallHook,
+    /// The run is starting but its result came back already (a callback): take it, and never
+    /// call the hook for it again.
+    TakeEarlyResult,
     PostResult(RunResult),
     /// The result is posted (or was posted by someone else): end the run, start the next.
     EndRun,
@@ -649,6 +702,8 @@ pub fn next_work(s: &EnvironmentState) -> Option<Work> {
         return s.can_start_next().then_some(Work::StartNext);
     };
     match &run.phase {
+        // A callback came back for a hook call that an earlier holder made: that is the result.
+        Phase::Starting if run.early_result.is_some() => Some(Work::TakeEarlyResult),
         Phase::Starting if !run.in_progress_posted => Some(Work::PostInProgress),
         Phase::Starting => Some(Work::CallHook),
         Phase::Awaiting => None,
@@ -657,7 +712,9 @@ pub fn next_work(s: &EnvironmentState) -> Option<Work> {
     }
 }
 
-/// What a piece of work did.
+/// What a piece of work did. Each names the deployment whose run it was done for: after a
+/// write conflict it is applied again to the fresh state, and there it changes that run only,
+/// and only in the phase the work was taken in, never another run that started meanwhile.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Done {
     /// Reconciled with GitHub: the states already posted for each deployment asked about.
@@ -666,21 +723,22 @@ pub enum Done {
     },
     NoticePosted(Notice),
     StartedNext,
-    InProgressPosted,
+    InProgressPosted(DeploymentId),
     /// The run's callback secret was minted by another holder (who stopped): this holder
     /// replaces it with its own before calling the hook.
-    SecretReplaced,
+    SecretReplaced(DeploymentId),
     /// The hook answered: `None` for 202 (wait for the callback), else its result.
     HookAnswered {
+        deployment: DeploymentId,
         result: Option<RunResult>,
     },
-    ResultPosted,
-    RunEnded,
+    ResultPosted(DeploymentId),
+    RunEnded(DeploymentId),
 }
 
 /// Records `done` in the state. It may be applied to a fresher state than the one the work
-/// was taken from (another instance queued something meanwhile), so it only touches what the
-/// lease holder owns.
+/// was taken from (another instance queued something meanwhile, or someone ended the run), so
+/// it only touches what the lease holder owns, and only the run it names.
 pub fn after_work(state: &EnvironmentState, done: &Done, ctx: &Ctx<'_>, settings: &RunSettings) -> EnvironmentState {
     let mut s = state.clone();
     let now = ctx.now;
@@ -723,53 +781,59 @@ pub fn after_work(state: &EnvironmentState, done: &Done, ctx: &Ctx<'_>, settings
                 s.notices.remove(i);
             }
         }
-        Done::StartedNext => start_newest(&mut s, ctx, settings),
-        Done::SecretReplaced => {
-            if let Some(run) = &mut s.running {
+        Done::StartedNext => {
+            start_newest(&mut s, ctx, settings);
+        }
+        Done::SecretReplaced(id) => {
+            if let Some(run) = run_of(&mut s, *id).filter(|r| matches!(r.phase, Phase::Starting)) {
                 run.token_hash = secret_hash(ctx.secret);
             }
         }
-        Done::InProgressPosted => {
-            if let Some(run) = &mut s.running {
+        Done::InProgressPosted(id) => {
+            if let Some(run) = run_of(&mut s, *id) {
                 run.in_progress_posted = true;
             }
         }
-        Done::HookAnswered { result } => {
-            if result.is_some() || s.running.as_ref().is_some_and(|r| r.early_result.is_some()) {
-                drop_progress_notices(&mut s);
-            }
-            if let Some(run) = &mut s.running {
-                match (result, run.early_result.take()) {
-                    (Some(result), _) => run.phase = Phase::Finishing { result: result.clone(), external: false },
-                    (None, Some(early)) => run.phase = Phase::Finishing { result: early, external: false },
-                    (None, None) => run.phase = Phase::Awaiting,
+        Done::HookAnswered { deployment, result } => {
+            // Only a run still starting takes the answer: one that someone else ended (or
+            // whose callback ended it after its caller was gone) keeps that end.
+            if let Some(run) = run_of(&mut s, *deployment).filter(|r| matches!(r.phase, Phase::Starting)) {
+                // A callback we accepted while the hook call was in flight is the result: the
+                // deploy system was told so.
+                let known = run.early_result.take().or_else(|| result.clone());
+                let finished = known.is_some();
+                run.phase = match known {
+                    Some(result) => Phase::Finishing { result, external: false },
+                    None => Phase::Awaiting,
+                };
+                if finished {
+                    drop_progress_notices(&mut s);
                 }
             }
         }
-        Done::ResultPosted => {
-            if let Some(run) = &mut s.running {
+        Done::ResultPosted(id) => {
+            if let Some(run) = run_of(&mut s, *id) {
                 if let Phase::Finishing { external, .. } = &mut run.phase {
                     *external = true;
                 }
             }
         }
-        Done::RunEnded => {
-            drop_progress_notices(&mut s);
-            if let Some(run) = s.running.take() {
-                let state = match &run.phase {
-                    Phase::Finishing { result, .. } => result.state,
-                    _ => DeploymentState::Error,
-                };
+        Done::RunEnded(id) => {
+            let ending = |r: &mut Run| r.deployment.id == *id && matches!(r.phase, Phase::Finishing { .. });
+            if let Some(Run { phase: Phase::Finishing { result, .. }, deployment, token_hash, .. }) =
+                s.running.take_if(ending)
+            {
+                drop_progress_notices_for(&mut s, deployment.id);
                 let finished = FinishedRun {
-                    id: run.deployment.id,
-                    state,
-                    token_hash: Some(run.token_hash.clone()).filter(|h| !h.is_empty()),
-                    sha: Some(run.deployment.sha.clone()),
-                    pr: run.deployment.pr,
-                    rank: run.deployment.rank.clone(),
+                    id: deployment.id,
+                    state: result.state,
+                    token_hash: Some(token_hash).filter(|h| !h.is_empty()),
+                    sha: Some(deployment.sha),
+                    pr: deployment.pr,
+                    rank: deployment.rank,
                     at_ms: now,
                 };
-                if state == DeploymentState::Success {
+                if finished.state == DeploymentState::Success {
                     s.last_success = Some(finished.clone());
                 }
                 s.remember(finished);
@@ -780,12 +844,21 @@ pub fn after_work(state: &EnvironmentState, done: &Done, ctx: &Ctx<'_>, settings
     s
 }
 
+/// The running run, if it is deployment `id`'s.
+fn run_of(s: &mut EnvironmentState, id: DeploymentId) -> Option<&mut Run> {
+    s.running.as_mut().filter(|r| r.deployment.id == id)
+}
+
 /// Once a run's result is known, an `in_progress` it still owes GitHub (from a callback) would
 /// come after the terminal status: it is dropped.
 fn drop_progress_notices(s: &mut EnvironmentState) {
     if let Some(id) = s.running.as_ref().map(|r| r.deployment.id) {
-        s.notices.retain(|n| !(n.deployment == id && n.state == DeploymentState::InProgress));
+        drop_progress_notices_for(s, id);
     }
+}
+
+fn drop_progress_notices_for(s: &mut EnvironmentState, id: DeploymentId) {
+    s.notices.retain(|n| !(n.deployment == id && n.state == DeploymentState::InProgress));
 }
 
 /// Releases the lease: when the holder is done (`None`), or when it stops early

@@ -308,19 +308,30 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         }
     }
 
-    /// Records the status (newer wins: idempotent by itself); a terminal one for the running
-    /// deployment of a managed environment, posted by someone else, also ends that run.
+    /// Records the status (newer wins: idempotent by itself). A terminal one that someone else
+    /// posted (its creator is not us) for a deployment of a managed environment also ends that
+    /// deployment there: running, waiting, or not arrived yet. Ours are told apart by who
+    /// created them, never by what the run is doing.
     async fn record_status(&self, event: &DeploymentStatusEvent, deadline: Deadline) -> Result<Outcome, ServiceError> {
         let applied = self
             .store
             .record_deployment_status(&event.repo, event.deployment_id, event.environment.as_ref(), &event.status)
             .await?;
         if let Some(environment) = event.environment.as_ref().filter(|e| self.manages(e)) {
-            if applied && event.status.state.is_terminal() {
+            if event.status.state.is_terminal() && !self.posted_by_us(&event.status, deadline).await? {
+                // Also when not `applied` (a redelivery, or a newer status recorded first): the
+                // environment's state is what must know, and applying it again changes nothing.
                 let key = EnvKey { repo: event.repo.clone(), environment: environment.clone() };
                 self.end_run_from_status(&key, event.deployment_id, event.status.state, deadline).await?;
             }
         }
         Ok(Outcome::StatusRecorded { id: event.deployment_id, state: event.status.state, applied })
+    }
+
+    async fn posted_by_us(&self, status: &super::event::StatusRecord, deadline: Deadline) -> Result<bool, ServiceError> {
+        match status.creator.as_deref() {
+            Some(creator) => Ok(self.github.own_login(deadline).await?.eq_ignore_ascii_case(creator)),
+            None => Ok(false),
+        }
     }
 }

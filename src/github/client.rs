@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue};
@@ -60,6 +60,8 @@ pub struct GitHubClient {
     base_url: String,
     retry: RetryPolicy,
     auth: Arc<GitHubAuth>,
+    /// The login our statuses are posted as, once known (see [`GitHub::own_login`]).
+    own_login: Arc<OnceLock<String>>,
 }
 
 impl std::fmt::Debug for GitHubClient {
@@ -165,7 +167,14 @@ impl GitHubClient {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("application/vnd.github+json"));
         headers.insert("X-GitHub-Api-Version", HeaderValue::from_static(API_VERSION));
-        Self { http, headers, base_url: base_url.trim_end_matches('/').to_owned(), retry, auth }
+        Self {
+            http,
+            headers,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            retry,
+            auth,
+            own_login: Arc::default(),
+        }
     }
 
     pub fn auth(&self) -> &GitHubAuth {
@@ -774,11 +783,46 @@ impl GitHub for GitHubClient {
                 if resp.status() != StatusCode::CREATED {
                     return self.failure_on(resp, repo, refreshed).await;
                 }
-                let created: WireStatus = read_json(resp).await?;
-                Ok(Step::Done(into_record(created)?))
+                let created = into_record(read_json::<WireStatus>(resp).await?)?;
+                // Who GitHub says created it is who we are: no call needed to learn it.
+                if let Some(creator) = &created.creator {
+                    let _ = self.own_login.set(creator.clone());
+                }
+                Ok(Step::Done(created))
             }
         })
         .await
+    }
+
+    async fn own_login(&self, deadline: Deadline) -> Result<String, GitHubError> {
+        if let Some(login) = self.own_login.get() {
+            return Ok(login.clone());
+        }
+        #[derive(Deserialize)]
+        struct Identity {
+            login: Option<String>,
+            slug: Option<String>,
+        }
+        // An App posts as its bot user, `<slug>[bot]`; a token as its user.
+        let path = if self.auth.is_app() { "/app" } else { "/user" };
+        let identity: Identity = self
+            .with_retries("read who we are", deadline, |_| async move {
+                let resp = match self.app_request(Method::GET, path, &deadline)?.send().await {
+                    Ok(resp) => resp,
+                    Err(err) => return Ok(transport_failure(err)),
+                };
+                if !resp.status().is_success() {
+                    return failure(resp).await;
+                }
+                Ok(Step::Done(read_json(resp).await?))
+            })
+            .await?;
+        let login = match (self.auth.is_app(), identity.slug, identity.login) {
+            (true, Some(slug), _) => format!("{slug}[bot]"),
+            (false, _, Some(login)) => login,
+            _ => return Err(GitHubError::BadResponse(format!("GET {path} named nobody"))),
+        };
+        Ok(self.own_login.get_or_init(|| login).clone())
     }
 
     async fn list_deployment_statuses(

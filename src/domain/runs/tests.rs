@@ -39,15 +39,19 @@ fn drive(
 ) -> (EnvironmentState, Vec<Work>) {
     let mut done = Vec::new();
     while let Some(work) = next_work(&s) {
+        let id = s.running.as_ref().map(|r| r.deployment.id).unwrap_or(DeploymentId(0));
         let result = match &work {
             Work::Reconcile => Done::Reconciled { posted: vec![] },
             Work::PostNotice(n) => Done::NoticePosted(n.clone()),
             Work::StartNext => Done::StartedNext,
-            Work::PostInProgress => Done::InProgressPosted,
-            Work::CallHook if s.running.as_ref().unwrap().token_hash != secret_hash("s3cret") => Done::SecretReplaced,
-            Work::CallHook => Done::HookAnswered { result: hook.clone() },
-            Work::PostResult(_) => Done::ResultPosted,
-            Work::EndRun => Done::RunEnded,
+            Work::PostInProgress => Done::InProgressPosted(id),
+            Work::CallHook if s.running.as_ref().unwrap().token_hash != secret_hash("s3cret") => {
+                Done::SecretReplaced(id)
+            }
+            Work::CallHook => Done::HookAnswered { deployment: id, result: hook.clone() },
+            Work::TakeEarlyResult => Done::HookAnswered { deployment: id, result: None },
+            Work::PostResult(_) => Done::ResultPosted(id),
+            Work::EndRun => Done::RunEnded(id),
         };
         done.push(work);
         s = after_work(&s, &result, &ctx(now, token), &SETTINGS);
@@ -267,14 +271,14 @@ fn an_in_progress_owed_from_a_callback_is_never_posted_after_the_result() {
     let with_notice = apply(&started, &progress, &ctx(1, "B"), &SETTINGS).state;
     assert_eq!(with_notice.notices.len(), 1);
     // A's synchronous result, re-applied onto that fresher state: the in_progress goes.
-    let answered = after_work(&with_notice, &Done::HookAnswered { result: Some(success()) }, &ctx(2, "A"), &SETTINGS);
+    let answered = after_work(&with_notice, &Done::HookAnswered { deployment: DeploymentId(1), result: Some(success()) }, &ctx(2, "A"), &SETTINGS);
     assert!(answered.notices.is_empty(), "{answered:?}");
 }
 
 #[test]
 fn a_result_that_came_back_before_its_caller_died_is_used_not_asked_again() {
     let started = arrive_at(&EnvironmentState::default(), dep(1, "t1"), 0, "A").state;
-    let mut s = after_work(&started, &Done::InProgressPosted, &ctx(0, "A"), &SETTINGS);
+    let mut s = after_work(&started, &Done::InProgressPosted(DeploymentId(1)), &ctx(0, "A"), &SETTINGS);
     let hash = s.running.as_ref().unwrap().token_hash.clone();
     let done = Trigger::Callback { id: DeploymentId(1), token_hash: hash, report: CallbackReport::Finished(success()) };
     s = apply(&s, &done, &ctx(1, "B"), &SETTINGS).state;
