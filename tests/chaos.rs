@@ -343,6 +343,10 @@ impl Respond for FaultyGitHub {
         if parts.len() >= 6 && parts[0] == "repos" && parts[3] == "hooks" && parts[5] == "deliveries" {
             return self.hook_deliveries(request, &parts);
         }
+        // Who the token belongs to: the creator of every status we post.
+        if path == "/user" {
+            return ResponseTemplate::new(200).set_body_json(json!({"login": "deploy-bot"}));
+        }
         // repos/{owner}/{repo}/deployments[/{id}/statuses]
         if parts.len() < 4 || parts[0] != "repos" || parts[3] != "deployments" {
             return ResponseTemplate::new(404);
@@ -431,7 +435,13 @@ impl Respond for FaultyGitHub {
                 let list: Vec<Value> = state
                     .deployments
                     .get(&id)
-                    .map(|d| d.statuses.iter().rev().map(|(sid, s)| json!({"id": sid, "state": s})).collect())
+                    .map(|d| {
+                        d.statuses
+                            .iter()
+                            .rev()
+                            .map(|(sid, s)| json!({"id": sid, "state": s, "creator": {"login": "deploy-bot"}}))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 ResponseTemplate::new(200).set_body_json(list)
             }
@@ -451,8 +461,10 @@ impl Respond for FaultyGitHub {
                 event["repository"]["full_name"] = json!(repo);
                 event["deployment"]["environment"] = json!(env);
                 event["deployment_status"]["environment"] = json!(env);
+                event["deployment_status"]["creator"]["login"] = json!("deploy-bot");
                 state.outbox.push(("deployment_status".into(), event));
-                ResponseTemplate::new(201).set_body_json(json!({"id": sid, "state": status_state}))
+                ResponseTemplate::new(201)
+                    .set_body_json(json!({"id": sid, "state": status_state, "creator": {"login": "deploy-bot"}}))
             }
             _ => ResponseTemplate::new(404),
         };

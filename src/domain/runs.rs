@@ -747,7 +747,30 @@ pub fn after_work(state: &EnvironmentState, done: &Done, ctx: &Ctx<'_>, settings
             let has = |id: DeploymentId, st: DeploymentState| {
                 posted.iter().any(|(pid, states)| *pid == id && states.contains(&st))
             };
-            s.notices.retain(|n| !has(n.deployment, n.state));
+            let ended_on_github = |id: DeploymentId| {
+                posted
+                    .iter()
+                    .find(|(pid, _)| *pid == id)
+                    .and_then(|(_, states)| states.iter().rev().find(|st| st.is_terminal()).copied())
+            };
+            // Nothing more is posted for a deployment that has its terminal status already (ours,
+            // or someone else's whose webhook has not come yet), and one that waits leaves the queue.
+            s.notices.retain(|n| !has(n.deployment, n.state) && ended_on_github(n.deployment).is_none());
+            let (ended_queued, waiting): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut s.queue).into_iter().partition(|d| ended_on_github(d.id).is_some());
+            s.queue = waiting;
+            for d in ended_queued {
+                let state = ended_on_github(d.id).unwrap_or(DeploymentState::Inactive);
+                s.remember(FinishedRun {
+                    id: d.id,
+                    state,
+                    token_hash: None,
+                    sha: None,
+                    pr: d.pr,
+                    rank: d.rank,
+                    at_ms: now,
+                });
+            }
             let mut ended = false;
             if let Some(run) = &mut s.running {
                 let id = run.deployment.id;

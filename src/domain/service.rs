@@ -328,7 +328,11 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         Ok(Outcome::StatusRecorded { id: event.deployment_id, state: event.status.state, applied })
     }
 
-    async fn posted_by_us(&self, status: &super::event::StatusRecord, deadline: Deadline) -> Result<bool, ServiceError> {
+    async fn posted_by_us(
+        &self,
+        status: &super::event::StatusRecord,
+        deadline: Deadline,
+    ) -> Result<bool, ServiceError> {
         match status.creator.as_deref() {
             Some(creator) => Ok(self.github.own_login(deadline).await?.eq_ignore_ascii_case(creator)),
             None => Ok(false),

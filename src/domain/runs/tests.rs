@@ -271,7 +271,12 @@ fn an_in_progress_owed_from_a_callback_is_never_posted_after_the_result() {
     let with_notice = apply(&started, &progress, &ctx(1, "B"), &SETTINGS).state;
     assert_eq!(with_notice.notices.len(), 1);
     // A's synchronous result, re-applied onto that fresher state: the in_progress goes.
-    let answered = after_work(&with_notice, &Done::HookAnswered { deployment: DeploymentId(1), result: Some(success()) }, &ctx(2, "A"), &SETTINGS);
+    let answered = after_work(
+        &with_notice,
+        &Done::HookAnswered { deployment: DeploymentId(1), result: Some(success()) },
+        &ctx(2, "A"),
+        &SETTINGS,
+    );
     assert!(answered.notices.is_empty(), "{answered:?}");
 }
 
