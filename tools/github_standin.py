@@ -68,6 +68,10 @@ from loopback_server import QuietThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 DEPLOYMENTS = re.compile(r"^/repos/([^/]+/[^/]+)/deployments$")
+# Who the function's statuses are created by: the token's user or, in App mode, the App's bot
+# (GET /user and GET /app say so).
+BOT_LOGIN = "deploy-bot"
+APP_BOT = "deploy-webhook-local[bot]"
 STATUSES = re.compile(r"^/repos/([^/]+/[^/]+)/deployments/(\d+)/statuses$")
 DEPLOYMENT = re.compile(r"^/repos/([^/]+/[^/]+)/deployments/(\d+)$")
 PAYLOADS = Path(__file__).resolve().parent.parent / "events" / "payloads"
@@ -288,11 +292,14 @@ class GitHubStandIn:
             def _app_get(self, url, query):
                 """App mode GETs that take the App JWT; None when the path is not one of them, else
                 True once answered."""
-                if not (url.path == HOOK_DELIVERIES or REPO_INSTALLATION.match(url.path)):
+                if not (url.path in (HOOK_DELIVERIES, "/app") or REPO_INSTALLATION.match(url.path)):
                     return None
                 problem = self._check_app_jwt()
                 if problem:
                     return self._reply(401, {"message": problem})
+                if url.path == "/app":
+                    # Statuses posted with an installation token are created by "<slug>[bot]".
+                    return self._reply(200, {"id": gh.app.app_id, "slug": APP_BOT.removesuffix("[bot]")})
                 if m := REPO_INSTALLATION.match(url.path):
                     found = [i for i, repos in gh.installations.items() if m[1] in repos]
                     if not found:
@@ -357,6 +364,8 @@ class GitHubStandIn:
                     refused = self._check_token(m[1])
                     if refused:
                         return self._reply(refused[0], {"message": refused[1]})
+                if url.path == "/user" and not gh.app:
+                    return self._reply(200, {"login": BOT_LOGIN})
                 if m := DEPLOYMENTS.match(url.path):
                     with gh.lock:
                         found = [d for d in gh.deployments.values() if d["repo"] == m[1]
@@ -426,7 +435,7 @@ class GitHubStandIn:
                         dep = {"id": next(gh.ids), "repo": m[1], "sha": body["ref"], "ref": body["ref"],
                                "task": body.get("task", "deploy"), "payload": body.get("payload", {}),
                                "environment": body.get("environment", "production"),
-                               "description": body.get("description"), "creator": {"login": "deploy-bot"},
+                               "description": body.get("description"), "creator": {"login": APP_BOT if gh.app else BOT_LOGIN},
                                "created_at": now, "production_environment": body.get("production_environment")}
                         if contexts is not None:
                             dep["required_contexts"] = list(contexts)
@@ -445,7 +454,7 @@ class GitHubStandIn:
                                   "log_url": body.get("log_url", ""), "target_url": body.get("log_url", ""),
                                   "environment_url": body.get("environment_url", ""),
                                   "environment": gh.deployments[deployment_id]["environment"],
-                                  "creator": {"login": "deploy-bot"}, "created_at": now, "updated_at": now}
+                                  "creator": {"login": APP_BOT if gh.app else BOT_LOGIN}, "created_at": now, "updated_at": now}
                         gh.statuses.setdefault(deployment_id, []).append(status)
                     return self._reply(201, status, body)
                 if m := REACTIONS.match(self.path):

@@ -506,6 +506,14 @@ impl TestAppBuilder {
         let dynamo = dynamo_client().await;
         let table = create_table(&dynamo).await;
         let github = MockServer::start().await;
+        // Who the token belongs to: how our own terminal statuses are told from other people's.
+        wiremock::Mock::given(wiremock::matchers::method("GET"))
+            .and(wiremock::matchers::path("/user"))
+            .respond_with(
+                wiremock::ResponseTemplate::new(200).set_body_json(serde_json::json!({"login": "deploy-bot"})),
+            )
+            .mount(&github)
+            .await;
 
         let function_sdk = sdk_config(self.dynamo_endpoint.as_deref().unwrap_or(dynamo_endpoint())).await;
         let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&function_sdk), &table);

@@ -8,7 +8,7 @@ use super::sim::{HookMode, PERSON, RunReport, Scenario, Sim, US};
 use super::{Replay, base};
 
 fn play(scenario: Scenario, script: &[&str]) -> RunReport {
-    let report = Sim::new(&scenario).run(script, &mut Replay(Vec::new().into_iter()));
+    let report = Sim::new(&scenario).run(script, &mut Replay::new(&[]));
     assert!(report.violations.is_empty(), "{}\n\n{}", report.violations.join("\n"), report.trace.join("\n"));
     report
 }

@@ -843,7 +843,8 @@ impl Sim {
             out.push(Choice::Person { d, state });
         }
         let due = w.env.1.due_at();
-        if due.is_some() && !busy(TaskKind::Sweep) && (calm || self.budget.sweeps > 0) {
+        let sweeping = self.tasks.iter().any(|t| t.kind == TaskKind::Sweep);
+        if due.is_some() && !sweeping && (calm || self.budget.sweeps > 0) {
             out.push(Choice::Sweep);
         }
         if due.is_some_and(|due| due > w.now) && !calm && self.budget.sweeps > 0 {
