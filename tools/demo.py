@@ -599,7 +599,7 @@ def main():
         status_payload = events.load_payload("deployment_status.success")
         status_payload["deployment"].update(id=deployment_id, sha=dep["sha"], environment=dep["environment"])
         status_payload["deployment_status"].update({k: last[k] for k in (
-            "id", "state", "description", "environment_url", "log_url", "target_url", "created_at", "updated_at")})
+            "id", "state", "creator", "description", "environment_url", "log_url", "target_url", "created_at", "updated_at")})
         send(fn, f"deployment_status {last['state']} for deployment {deployment_id}",
              events.api_gateway_event("deployment_status", status_payload, str(uuid.uuid4()), SECRET), 200, "processed")
 
