@@ -294,7 +294,13 @@ async fn deployment_statuses_are_recorded_and_an_older_one_never_overwrites_a_ne
     assert_eq!(attr_s(item, "status_creator"), Some("Codertocat"));
     assert!(attr_s(item, "status_created_at").is_some());
     assert_eq!(attr_s(item, "environment"), Some("production"));
-    assert!(app.github_calls().await.is_empty(), "recording a status calls no one");
+    // A terminal status by someone else (Codertocat) for a managed environment: GitHub is asked
+    // once who we are (cached for the cold start), and nothing else is called.
+    assert_eq!(
+        app.github_calls().await,
+        [("GET".to_owned(), "/user".to_owned())],
+        "recording a status asks GitHub only who we are"
+    );
 
     let mut failure = deployment_status(DEPLOYMENT_ID, 300, "failure");
     failure["deployment_status"]["description"] = json!("Deploy failed: 3 tests");
