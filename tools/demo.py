@@ -41,6 +41,9 @@ from loopback_server import QuietThreadingHTTPServer  # noqa: E402
 
 TABLE = "deploy-webhook-local"
 SECRET = events.SAMPLE_SECRET
+# The deploy hooks' own secret (HOOK_SIGNING_SECRET): the hook stand-in verifies calls and signs
+# its callbacks with it; the webhook secret is never given to it.
+HOOK_SECRET = "sample-hook-secret"
 BINARY = ROOT / "target" / "release" / "deploy-webhook"
 BOLD, DIM, GREEN, RED, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m") if sys.stdout.isatty() \
     else ("", "", "", "", "")
@@ -553,9 +556,10 @@ def main():
     else:
         github = GitHubStandIn(on_call=show_call).start()
         credentials = {"GITHUB_TOKEN": "ghp_local_demo_token"}
-    hook = HookStandIn(secret=SECRET, on_line=lambda line: print(f"      {DIM}hook: {line}{RESET}")).start()
+    hook = HookStandIn(secret=HOOK_SECRET, on_line=lambda line: print(f"      {DIM}hook: {line}{RESET}")).start()
     fn = LocalLambda([str(BINARY)], env={
         "GITHUB_WEBHOOK_SECRET": SECRET,
+        "HOOK_SIGNING_SECRET": HOOK_SECRET,
         **credentials,
         "GITHUB_API_URL": github.url,
         "DEPLOYMENTS_TABLE": TABLE,

@@ -23,7 +23,7 @@ use crate::domain::Deadline;
 use crate::domain::ports::{Announcement, DeployAction, HookAnswer, HookCall};
 use crate::domain::runs::RunResult;
 use crate::domain::types::{DeploymentState, Environment};
-use crate::http::signature::WebhookSecrets;
+use crate::http::signature::HookSecrets;
 
 /// Where each environment deploys to and is served from.
 #[derive(Clone, Debug, Default)]
@@ -51,7 +51,7 @@ impl DeployTargets {
 pub struct HookDeployer {
     http: Client,
     targets: DeployTargets,
-    secrets: WebhookSecrets,
+    secrets: HookSecrets,
     timeout: Duration,
     slack: SlackTargets,
     html_url: String,
@@ -62,7 +62,8 @@ const AFTER_HOOK_RESERVE: Duration = Duration::from_millis(1500);
 
 impl HookDeployer {
     /// `http` is the process's shared client ([`crate::github::client::http_client`]).
-    pub fn new(http: Client, targets: DeployTargets, secrets: WebhookSecrets, timeout: Duration) -> Self {
+    /// `secrets`: the hooks' own (`HOOK_SIGNING_SECRET[_<ENV>]`), never the webhook secret.
+    pub fn new(http: Client, targets: DeployTargets, secrets: HookSecrets, timeout: Duration) -> Self {
         Self { http, targets, secrets, timeout, slack: SlackTargets::default(), html_url: "https://github.com".into() }
     }
 
@@ -124,6 +125,11 @@ impl DeployAction for HookDeployer {
         let Some(url) = self.targets.hook_for(call.environment) else {
             return finished(DeploymentState::Success, deployed, HookAnswerBody::default(), environment_url);
         };
+        // Config makes sure an environment with a hook has a secret; without one, no unsigned call.
+        let Some(secrets) = self.secrets.for_environment(call.environment) else {
+            warn!(deployment_id = %d.id, "no hook signing secret for this environment; the hook is not called");
+            return finished(DeploymentState::Failure, "No hook signing secret".to_owned(), Default::default(), None);
+        };
         let deadline_iso = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(call.deadline_ms));
         let body = json!({
             "deployment_id": d.id.0,
@@ -144,7 +150,7 @@ impl DeployAction for HookDeployer {
             .post(url)
             .timeout(self.wait_for(deadline))
             .header("Content-Type", "application/json")
-            .header("X-Hub-Signature-256", self.secrets.sign(body.as_bytes()))
+            .header("X-Hub-Signature-256", secrets.sign(body.as_bytes()))
             .header("X-GitHub-Delivery", d.delivery.as_str())
             .body(body)
             .send()

@@ -176,6 +176,19 @@ pub trait Store: Send + Sync {
         lease: &Lease,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Counts one bot write caused by `user` in `hour` (hours since the epoch) if fewer than
+    /// `limit` were counted: `true` when counted (the write may go ahead), `false` when the
+    /// budget is spent. The count holds across instances; it is forgotten (TTL) after the hour.
+    /// A store that cannot count refuses, so that nothing is written unbounded.
+    fn count_user_write(
+        &self,
+        _user: &str,
+        _hour: u64,
+        _limit: u32,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        async { Err(StoreError::Unavailable("this store keeps no write budget".to_owned())) }
+    }
+
     /// The merges that wait for checks on `sha`.
     fn load_checks_wait(
         &self,

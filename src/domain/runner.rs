@@ -188,7 +188,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         trigger: &Trigger,
         deadline: Deadline,
     ) -> Result<(Verdict, Versioned), ServiceError> {
-        let me = Holder::new();
+        let me = Holder::new()?;
         let (verdict, mut current) = self.transition(key, known, trigger, &me).await?;
         if current.state.holds_lease(me.token()) {
             current = self.drive(key, current, &me, deadline).await?;
@@ -517,8 +517,12 @@ struct Holder {
 }
 
 impl Holder {
-    fn new() -> Self {
-        Self { token: hex::encode(random_bytes::<8>()), secret: hex::encode(random_bytes::<16>()) }
+    /// Fails (the request fails, and is retried) when the OS random source fails: a callback
+    /// secret is never made from a weaker one.
+    fn new() -> Result<Self, ServiceError> {
+        let token = random_bytes::<8>(getrandom::fill).ok_or(ServiceError::NoRandomness)?;
+        let secret = random_bytes::<16>(getrandom::fill).ok_or(ServiceError::NoRandomness)?;
+        Ok(Self { token: hex::encode(token), secret: hex::encode(secret) })
     }
 
     fn token(&self) -> &str {
@@ -530,14 +534,16 @@ impl Holder {
     }
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+/// `N` bytes from `fill` (the OS source); `None` if it fails: there is no weaker fallback.
+fn random_bytes<const N: usize>(fill: impl FnOnce(&mut [u8]) -> Result<(), getrandom::Error>) -> Option<[u8; N]> {
     let mut bytes = [0u8; N];
-    if getrandom::fill(&mut bytes).is_err() {
-        // The OS source failing is not something to go on without for a secret.
-        bytes.iter_mut().for_each(|b| *b = fastrand::u8(..));
-        warn!("the OS random source failed; used a weaker one");
+    match fill(&mut bytes) {
+        Ok(()) => Some(bytes),
+        Err(err) => {
+            warn!(error = %err, "the OS random source failed; the request fails rather than use a weaker one");
+            None
+        }
     }
-    bytes
 }
 
 /// A run's callback token: `<locator>.<secret>`. The locator (base64url of repository,
@@ -593,5 +599,22 @@ impl CallbackToken {
     pub fn hash(&self) -> String {
         let secret = self.raw.rsplit_once('.').map_or("", |(_, s)| s);
         runs::secret_hash(secret)
+    }
+}
+
+#[cfg(test)]
+mod random_tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_os_random_source_gives_no_bytes_rather_than_weaker_ones() {
+        let failing = |_: &mut [u8]| Err(getrandom::Error::UNSUPPORTED);
+        assert_eq!(random_bytes::<16>(failing), None);
+        let filled = random_bytes::<16>(|b: &mut [u8]| {
+            b.fill(7);
+            Ok(())
+        });
+        assert_eq!(filled, Some([7; 16]));
+        assert!(Holder::new().is_ok());
     }
 }

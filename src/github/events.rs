@@ -267,7 +267,7 @@ fn issue_comment(e: IssueCommentEvent) -> Result<WebhookEvent, InvalidValue> {
         return Ok(WebhookEvent::Ignored { reason: "comment by a bot".to_owned() });
     }
     let line = c.body.lines().next().unwrap_or_default().trim();
-    if !line.starts_with('.') {
+    if !crate::domain::commands::is_command(line) {
         return Ok(WebhookEvent::Ignored { reason: "comment is not a command".to_owned() });
     }
     Ok(WebhookEvent::Command(CommentCommand {
