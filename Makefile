@@ -97,10 +97,11 @@ build: $(STAMP) ## the arm64 Lambda artifact (target/lambda/deploy-webhook/boots
 	@ls -l target/lambda/deploy-webhook/bootstrap.zip | awk '{printf "bootstrap.zip: %.2f MB (%d bytes)\n", $$5/1048576, $$5}'
 
 .PHONY: template-check
-template-check: $(STAMP) ## lint template.yaml offline (cfn-lint and sam validate --lint)
+template-check: $(STAMP) ## lint template.yaml offline (cfn-lint, sam validate --lint, and its role, edge and secrets: tools/check_template.py)
 	$(VENV)/bin/cfn-lint template.yaml
 	AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_ACCESS_KEY_ID=offline AWS_SECRET_ACCESS_KEY=offline \
 	  $(VENV)/bin/sam validate --lint --template-file template.yaml
+	$(PY) tools/check_template.py
 
 # DEPLOY_ARGS goes to sam deploy, e.g. DEPLOY_ARGS='--parameter-overrides LogLevel=DEBUG'
 # (parameters not named keep their deployed values; NoEcho ones are shown as *****).

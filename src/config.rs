@@ -241,6 +241,12 @@ impl Config {
         };
         let hook_secrets = hook_secrets(&deploy_targets, default_hook_secrets, env_hook_secrets, &webhook_secrets)?;
 
+        deploy_targets.named = rules
+            .environments()
+            .chain(branch_deploy_environments.iter())
+            .map(crate::domain::Environment::env_var_suffix)
+            .collect();
+
         let delivery_budget = millis(get("DELIVERY_BUDGET_MS"), "DELIVERY_BUDGET_MS", 8_000, 1_000, 9_500)?;
         let deploy_hook_timeout = millis(get("DEPLOY_HOOK_TIMEOUT_MS"), "DEPLOY_HOOK_TIMEOUT_MS", 5_000, 100, 9_000)?;
         let deploy_timeout = match get("DEPLOY_TIMEOUT_MINUTES") {

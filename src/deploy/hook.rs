@@ -33,6 +33,10 @@ pub struct DeployTargets {
     pub hooks: HashMap<String, String>,
     pub default_environment_url: Option<String>,
     pub environment_urls: HashMap<String, String>,
+    /// Setting suffixes of the environments named in `DEPLOY_RULES` or
+    /// `BRANCH_DEPLOY_ENVIRONMENTS`: those are managed under their exact names, never also
+    /// under a hook's suffix.
+    pub named: std::collections::HashSet<String>,
 }
 
 impl DeployTargets {
@@ -110,8 +114,16 @@ impl DeployAction for HookDeployer {
         }
     }
 
+    /// An environment managed only through its own `DEPLOY_HOOK_URL_<SUFFIX>` has exactly one
+    /// name: the suffix lower-cased (`DEPLOY_HOOK_URL_STAGING_EU` → `staging_eu`). Other spellings
+    /// with the same suffix (`STAGING_EU`, `Staging.EU`, `staging/eu`) would be other environments
+    /// for runs, queues and locks while sharing one hook, so they are not managed; an environment
+    /// named in `DEPLOY_RULES` or `BRANCH_DEPLOY_ENVIRONMENTS` is managed under that exact name.
     fn configured_for(&self, environment: &Environment) -> bool {
-        self.targets.hooks.contains_key(&environment.env_var_suffix())
+        let suffix = environment.env_var_suffix();
+        self.targets.hooks.contains_key(&suffix)
+            && !self.targets.named.contains(&suffix)
+            && environment.as_str() == suffix.to_ascii_lowercase()
     }
 
     fn environment_url(&self, environment: &Environment) -> Option<String> {

@@ -532,10 +532,6 @@ impl TestAppBuilder {
         let client = GitHubClient::with_auth(http.clone(), &github.uri(), auth, self.retry);
         let secrets = WebhookSecrets::from_list(&self.secret).unwrap();
         let slack = deploy_webhook::deploy::slack::SlackTargets { default_url: self.slack, urls: Default::default() };
-        let hook_secrets =
-            HookSecrets::new(Some(WebhookSecrets::from_list(&self.hook_secret).unwrap()), self.env_hook_secrets);
-        let deployer = HookDeployer::new(http, self.targets, hook_secrets.clone(), self.hook_timeout)
-            .with_slack(slack, "https://github.com");
         let mut settings = ServiceSettings::new(self.rules);
         if self.app.is_some() {
             settings.redelivery_hooks = vec![deploy_webhook::domain::ports::HookRef::App];
@@ -543,6 +539,18 @@ impl TestAppBuilder {
         if let Some(tweak) = self.settings_tweak {
             tweak(&mut settings);
         }
+        // As Config does: environments named in the rules or the branch-deploy list.
+        let mut targets = self.targets;
+        targets.named = settings
+            .rules
+            .environments()
+            .chain(settings.branch_deploy_environments.iter())
+            .map(|e| e.env_var_suffix())
+            .collect();
+        let hook_secrets =
+            HookSecrets::new(Some(WebhookSecrets::from_list(&self.hook_secret).unwrap()), self.env_hook_secrets);
+        let deployer = HookDeployer::new(http, targets, hook_secrets.clone(), self.hook_timeout)
+            .with_slack(slack, "https://github.com");
         let service = Service::with_clock(store, client, deployer, clock.clone(), settings);
         let handler = Arc::new(WebhookHandler::new(service, secrets, self.budget).with_hook_secrets(hook_secrets));
         TestApp { handler, github, dynamo, table, clock }
