@@ -106,8 +106,10 @@ async fn help_and_command_words_with_wrong_arguments_answer_the_list_once() {
         payload["comment"]["id"] = json!(fastrand::u32(..));
         let event = deliver(&payload);
         assert_eq!(app.send(&event).await.1["status"], "processed");
-        // The same delivery again: nothing more.
+        // The same delivery again: nothing more, not even a permission read.
+        let calls = app.github_calls().await.len();
         assert_eq!(app.send(&event).await.1["status"], "duplicate");
+        assert_eq!(app.github_calls().await.len(), calls, "a redelivered command called GitHub");
     }
     let (_, replies) = said(&app).await;
     assert_eq!(replies.len(), 2);

@@ -51,6 +51,13 @@ BOLD, DIM, GREEN, RED, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\
 failures = []
 
 APP_MODE = "--app" in sys.argv[1:]
+# --iam: the local DynamoDB enforces IAM and the function runs with a role that has exactly the
+# policy template.yaml grants (tools/iam_check.py); any AccessDenied fails the run.
+IAM_MODE = "--iam" in sys.argv[1:]
+# The demo's own reads of the table (the final state): an admin's keys once IAM is enforced.
+READER = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
+# --binary PATH: another build of the function (make iam-check uses the debug one cargo test built).
+BINARY = Path(sys.argv[sys.argv.index("--binary") + 1]).resolve() if "--binary" in sys.argv[1:-1] else BINARY
 APP_ID = 424242
 # The App's installations as the stand-in knows them: the sample repository's installation (its
 # id is in the sample payloads) and a second one whose deliveries carry no installation id.
@@ -106,8 +113,7 @@ def start_dynamodb(log):
 
 def print_table(endpoint):
     import boto3
-    client = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="local", aws_secret_access_key="local")
+    client = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1", **READER)
     items = client.scan(TableName=TABLE, ConsistentRead=True)["Items"]
     print(f"\n{BOLD}DynamoDB table {TABLE}: {len(items)} items{RESET}")
     plain = [{k: list(v.values())[0] for k, v in item.items()} for item in items]
@@ -285,7 +291,8 @@ def deployment_event_now(github, deployment_id):
 
 def command(fn, github, text, author, expect_word, reactions, reply_start):
     """Sends `text` as a new comment by `author`; checks the answer, the reactions to that
-    comment and the start of the bot's one reply. Returns (answer, reply)."""
+    comment and the start of the bot's one reply (`reply_start` None: no reply at all). Returns
+    (answer, reply)."""
     comment_id, event = comment_event(text, author)
     replies_before = len(github.comments)
     body = send(fn, f"comment by @{author}: {text}", event, 200, expect_word)
@@ -298,7 +305,10 @@ def command(fn, github, text, author, expect_word, reactions, reply_start):
             print(f"                   {line}")
     if got != reactions:
         failures.append(f"{text!r}: reactions {got}, expected {reactions}")
-    if len(replies) != 1 or not replies[0].startswith(reply_start):
+    if reply_start is None:
+        if replies:
+            failures.append(f"{text!r}: replies {replies}, expected none")
+    elif len(replies) != 1 or not replies[0].startswith(reply_start):
         failures.append(f"{text!r}: replies {replies}, expected one starting with {reply_start!r}")
     return body, (replies[0] if replies else ""), event
 
@@ -322,7 +332,8 @@ def commands_flow(fn, github):
     replies_from = len(github.comments)
 
     command(fn, github, ".lock production db migration", "alice", "processed", ["eyes"], "🔒")
-    command(fn, github, ".unlock production", "mallory", "refused", ["confused"], "@mallory needs write or admin")
+    # Someone without permission: one 😕 and nothing else (no reply, nothing stored).
+    command(fn, github, ".unlock production", "mallory", "refused", ["confused"], None)
 
     sha = "51" * 20
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -546,6 +557,20 @@ def main():
     ddb_log = open(run_dir / "dynamodb.log", "wb")
     fn_log = open(run_dir / "function.log", "wb")
     ddb, endpoint = start_dynamodb(ddb_log)
+    aws_credentials = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
+    if IAM_MODE:
+        import iam_check
+        roles, admin = iam_check.setup(endpoint, TABLE)
+        READER.update(admin)
+        problems = iam_check.probe(endpoint, TABLE, roles)
+        failures.extend(problems)
+        role = roles["template"]
+        aws_credentials = {"AWS_ACCESS_KEY_ID": role["aws_access_key_id"],
+                           "AWS_SECRET_ACCESS_KEY": role["aws_secret_access_key"],
+                           "AWS_SESSION_TOKEN": role["aws_session_token"]}
+        print(f"{BOLD}IAM enforced{RESET} by the local DynamoDB: the function runs as a role with exactly "
+              f"template.yaml's policy (Get/Put/UpdateItem on the table, Query on its due index)"
+              + (f"; {RED}probe failed: {problems}{RESET}" if problems else ""))
     if APP_MODE:
         from github_standin import StandInApp
         pem, public_key = app_key_pair()
@@ -569,7 +594,7 @@ def main():
         "DEPLOY_HOOK_URL_QA": f"{hook.url}/never",
         "DEPLOY_TIMEOUT_MINUTES_QA": "0.05",
         "AWS_ENDPOINT_URL_DYNAMODB": endpoint,
-        "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
+        **aws_credentials,
         "AWS_LAMBDA_LOG_FORMAT": "JSON", "AWS_LAMBDA_LOG_LEVEL": "INFO",
     }, log=fn_log)
     api = LocalApi(fn).start()
@@ -641,6 +666,11 @@ def main():
         ddb.terminate()
         ddb.wait()
     print(f"\nFunction logs (JSON): {fn_log.name}")
+    if IAM_MODE:
+        log_text = Path(fn_log.name).read_text(errors="replace")
+        if "AccessDenied" in log_text or "not authorized to perform" in log_text:
+            failures.append("the function was refused an AWS call under the template's policy (AccessDenied in "
+                            f"{fn_log.name})")
     if failures:
         print(f"{RED}{BOLD}FAILED{RESET}:\n  " + "\n  ".join(failures))
         return 1

@@ -163,7 +163,11 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         cmd: &CommentCommand,
         deadline: Deadline,
     ) -> Result<Outcome, ServiceError> {
-        // Permission first: a read. Nothing is written (no claim, no reply) for someone who may
+        // A comment handled before is answered from its record: nothing asked of GitHub.
+        if let Some(recorded) = self.store.comment_outcome(&cmd.repo, cmd.comment_id).await? {
+            return Ok(Outcome::Command { comment_id: cmd.comment_id, result: CommandResult::Duplicate(recorded) });
+        }
+        // Permission next: a read. Nothing is written (no claim, no reply) for someone who may
         // not run commands: at most one 😕, within a per-user hourly budget kept in DynamoDB.
         let permission = self.github.permission(&cmd.repo, &cmd.author, deadline).await?;
         if !self.may_command(&permission) {

@@ -176,6 +176,17 @@ pub trait Store: Send + Sync {
         lease: &Lease,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// The recorded outcome of a comment command already done, if any: a read, so that a
+    /// redelivered comment is answered `duplicate` before anything is asked of GitHub. A store
+    /// that cannot tell answers `None` (the claim still dedupes).
+    fn comment_outcome(
+        &self,
+        _repo: &RepoFullName,
+        _comment_id: u64,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send {
+        async { Ok(None) }
+    }
+
     /// Counts one bot write caused by `user` in `hour` (hours since the epoch) if fewer than
     /// `limit` were counted: `true` when counted (the write may go ahead), `false` when the
     /// budget is spent. The count holds across instances; it is forgotten (TTL) after the hour.

@@ -3,7 +3,7 @@
 //! Checked before anything reads the body, in constant time (`Mac::verify_slice`), against each
 //! configured secret in turn so that a secret can be rotated without failed deliveries.
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 
@@ -102,7 +102,7 @@ impl WebhookSecrets {
 fn mac(secret: &SecretString, body: &[u8]) -> HmacSha256 {
     // HMAC takes keys of any length, so this cannot fail; `new_from_slice` only errs for MACs
     // with a fixed key size.
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(secret.expose_secret().as_bytes())
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(secret.expose_secret().as_bytes())
         .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
     mac.update(body);
     mac

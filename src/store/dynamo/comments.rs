@@ -60,6 +60,20 @@ impl DynamoStore {
         self.guarded(update, "finish comment").await.map(drop)
     }
 
+    /// The outcome of a comment that is `done`, by a consistent read.
+    pub(super) async fn comment_outcome_item(
+        &self,
+        repo: &RepoFullName,
+        id: u64,
+    ) -> Result<Option<String>, StoreError> {
+        let (pk, sk) = comment_key(repo, id);
+        Ok(self
+            .get(pk, sk)
+            .await?
+            .filter(|item| get_s(item, "state") == Some("done"))
+            .map(|item| get_s(&item, "outcome").unwrap_or_default().to_owned()))
+    }
+
     /// The `USER#<login>` / `WRITES#<hour>` counter: one UpdateItem that adds 1 only while the
     /// count is below `limit`, and sets `expires_at` (the table's TTL) an hour after the hour.
     pub(super) async fn count_user_write_item(&self, user: &str, hour: u64, limit: u32) -> Result<bool, StoreError> {

@@ -318,6 +318,10 @@ impl Store for DynamoStore {
         self.release_comment_item(repo, comment_id, lease).await
     }
 
+    async fn comment_outcome(&self, repo: &RepoFullName, comment_id: u64) -> Result<Option<String>, StoreError> {
+        self.comment_outcome_item(repo, comment_id).await
+    }
+
     async fn count_user_write(&self, user: &str, hour: u64, limit: u32) -> Result<bool, StoreError> {
         self.count_user_write_item(user, hour, limit).await
     }
