@@ -384,3 +384,45 @@ async fn status_lists_every_environment() {
     assert!(reply.contains("| `production` | `f95f852` (#12) | #61 success |"), "{reply}");
     assert!(reply.contains("| `staging` |"), "{reply}");
 }
+
+#[tokio::test]
+async fn a_deployment_naming_the_lock_holder_passes_the_lock_only_if_this_deployer_created_it() {
+    let app = app().await;
+    permission(&app, "alice", "write", "write").await;
+    // The token's user: this deployer's identity on GitHub.
+    Mock::given(method("GET"))
+        .and(path("/user"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"login": "deploy-bot"})))
+        .expect(1)
+        .mount(&app.github)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"/deployments/\d+/statuses$"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 1, "state": "success"})))
+        .mount(&app.github)
+        .await;
+    assert_eq!(app.send(&deliver(&comment(".lock production", "alice", true))).await.1["status"], "processed");
+    let claims_alice = json!({
+        "deploy_user": "alice",
+        "deploy_webhook": {"marker": "codertocat/hello-world#comment#1#production", "requested_by": "alice"},
+    });
+
+    // Someone else with Deployments: write writes alice's name into the payload: still held.
+    let mut forged = deployment_created(81, "production");
+    forged["deployment"]["creator"] = json!({"login": "mallory", "type": "User"});
+    forged["deployment"]["payload"] = claims_alice.clone();
+    let (_, body) = app.send(&Event::github("deployment", &new_delivery_id(), &forged)).await;
+    assert_eq!(body["status"], "queued", "a forged requester passed the lock: {body}");
+
+    // The same payload on a deployment this deployer created is alice's own: it runs.
+    let mut ours = deployment_created(82, "production");
+    ours["deployment"]["creator"] = json!({"login": "deploy-bot", "type": "User"});
+    ours["deployment"]["payload"] = claims_alice;
+    let (_, body) = app.send(&Event::github("deployment", &new_delivery_id(), &ours)).await;
+    assert_eq!(body["status"], "processed", "{body}");
+    let env = app.environment("production").await;
+    let state_of =
+        |id: u64| env["recent"].as_array().unwrap().iter().find(|r| r["id"] == id).map(|r| r["state"].clone());
+    assert_eq!(state_of(82), Some(json!("success")), "{env}");
+    assert_eq!(state_of(81), Some(json!("inactive")), "the forged one never ran: {env}");
+}

@@ -402,6 +402,19 @@ pub trait GitHub: Send + Sync {
     /// A delivery named the GitHub App installation of `repo`: later calls for it use it.
     fn remember_installation(&self, _repo: &RepoFullName, _installation: u64) {}
 
+    /// Whether a deployment with this `creator` (login) and `via_app` (`performed_via_github_app`)
+    /// was created by this deployer's own credentials: in App mode, its App; with a token, the
+    /// token's user. Only then does its payload's requester count. Unknown: `false`.
+    fn created_by_us(
+        &self,
+        _repo: &RepoFullName,
+        _creator: Option<&str>,
+        _via_app: Option<u64>,
+        _deadline: Deadline,
+    ) -> impl Future<Output = Result<bool, GitHubError>> + Send {
+        async { Ok(false) }
+    }
+
     /// The attempts delivered to `hook` since `since` (RFC 3339), newest first.
     fn list_hook_deliveries(
         &self,

@@ -63,7 +63,8 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         deadline: Deadline,
     ) -> Result<Outcome, ServiceError> {
         let key = EnvKey { repo: d.repo.clone(), environment: d.environment.clone() };
-        let to_run = self.to_run(delivery, d, callback_base);
+        let trusted = self.requester_trusted(d, deadline).await;
+        let to_run = self.to_run(delivery, d, callback_base, trusted);
         let trigger = Trigger::Arrived(to_run);
         let wait_until = Deadline::after(deadline.cap(self.settings.busy_wait));
         let (verdict, current) = loop {
@@ -439,7 +440,14 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         }
     }
 
-    fn to_run(&self, delivery: &DeliveryId, d: &DeploymentCreated, callback_base: Option<&str>) -> DeploymentToRun {
+    /// `trusted`: see [`Self::requester_trusted`]; otherwise the requester is the creator.
+    fn to_run(
+        &self,
+        delivery: &DeliveryId,
+        d: &DeploymentCreated,
+        callback_base: Option<&str>,
+        trusted: bool,
+    ) -> DeploymentToRun {
         let merged_at = d
             .payload
             .pointer("/deploy_webhook/merged_at")
@@ -458,8 +466,11 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             callback_base: callback_base.map(str::to_owned),
             delivery: delivery.as_str().to_owned(),
             arrived_ms: self.clock.now_ms(),
-            requester: text_at(&d.payload, "/deploy_webhook/requested_by")
-                .or_else(|| text_at(&d.payload, "/deploy_user"))
+            requester: trusted
+                .then(|| {
+                    text_at(&d.payload, "/deploy_webhook/requested_by").or_else(|| text_at(&d.payload, "/deploy_user"))
+                })
+                .flatten()
                 .or_else(|| d.creator.clone()),
             pr: d.payload.pointer("/pull_request/number").and_then(|v| v.as_u64()),
         }

@@ -97,6 +97,14 @@ impl GitHubAuth {
         matches!(self.config, AuthConfig::App(_))
     }
 
+    /// The App's id, in App mode.
+    pub fn app_id(&self) -> Option<u64> {
+        match &self.config {
+            AuthConfig::App(app) => Some(app.app_id),
+            AuthConfig::Token(_) => None,
+        }
+    }
+
     fn now_secs(&self) -> u64 {
         self.clock.now_ms() / 1000
     }

@@ -60,6 +60,8 @@ pub struct GitHubClient {
     base_url: String,
     retry: RetryPolicy,
     auth: Arc<GitHubAuth>,
+    /// Token mode: the token's user (`GET /user`), asked once.
+    own_login: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for GitHubClient {
@@ -165,7 +167,14 @@ impl GitHubClient {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("application/vnd.github+json"));
         headers.insert("X-GitHub-Api-Version", HeaderValue::from_static(API_VERSION));
-        Self { http, headers, base_url: base_url.trim_end_matches('/').to_owned(), retry, auth }
+        Self {
+            http,
+            headers,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            retry,
+            auth,
+            own_login: std::sync::OnceLock::new(),
+        }
     }
 
     pub fn auth(&self) -> &GitHubAuth {
@@ -538,6 +547,33 @@ impl GitHub for GitHubClient {
             Err(GitHubError::Api { status: 404, .. }) => Ok(Permission { permission: "none".into(), role: None }),
             Err(err) => Err(err),
         }
+    }
+
+    async fn created_by_us(
+        &self,
+        repo: &RepoFullName,
+        creator: Option<&str>,
+        via_app: Option<u64>,
+        deadline: Deadline,
+    ) -> Result<bool, GitHubError> {
+        if let Some(app_id) = self.auth.app_id() {
+            return Ok(via_app == Some(app_id));
+        }
+        let Some(creator) = creator else { return Ok(false) };
+        let login = match self.own_login.get() {
+            Some(login) => login.clone(),
+            None => {
+                #[derive(Deserialize, Default)]
+                struct WireUser {
+                    login: String,
+                }
+                let user: WireUser =
+                    self.call("read the token's user", Method::GET, "/user", repo, None, deadline).await?;
+                let _ = self.own_login.set(user.login.clone());
+                user.login
+            }
+        };
+        Ok(!login.is_empty() && login.eq_ignore_ascii_case(creator) && via_app.is_none())
     }
 
     async fn pull_request(

@@ -81,6 +81,14 @@ struct Deployment {
     creator: Option<User>,
     description: Option<String>,
     created_at: Option<String>,
+    /// The GitHub App that created it (deployments made with an App's installation token).
+    #[serde(default)]
+    performed_via_github_app: Option<AppRef>,
+}
+
+#[derive(Deserialize)]
+struct AppRef {
+    id: u64,
 }
 
 #[derive(Deserialize)]
@@ -250,6 +258,7 @@ fn deployment(e: DeploymentEvent) -> Result<WebhookEvent, InvalidValue> {
         task: d.task.unwrap_or_else(|| "deploy".to_owned()),
         environment: Environment::parse(&d.environment)?,
         creator: d.creator.map(|u| u.login),
+        created_via_app: d.performed_via_github_app.map(|a| a.id),
         description: d.description,
         created_at: d.created_at,
         payload: d.payload,
