@@ -11,7 +11,8 @@ what the README promises. Everything it starts is stopped at the end.
 `demo.py --app` (`make run APP=1`): the same flow with the function authenticating as a GitHub
 App (GITHUB_APP_ID + GITHUB_APP_PRIVATE_KEY, an RSA key generated for this run and never
 written to disk), against a stand-in that verifies the App JWT and hands out installation tokens;
-then one token per installation (a second installation looked up by repository), and a merged-PR
+then one token per installation and repository, scoped to that repository and to the function's
+permissions (a second installation looked up by repository), and a merged-PR
 delivery answered 503 during a DynamoDB outage, redelivered by the scheduled sweep, deployed once.
 
 Both modes end with the comment commands on `production`: `.lock` by alice, a refused `.unlock`
@@ -543,7 +544,13 @@ def app_flow(fn, github, endpoint, fn_log):
     for installation, n in counts.items():
         print(f"  installation {installation} ({', '.join(INSTALLATIONS[installation])}): {n} token request(s)")
     if counts != {i: 1 for i in INSTALLATIONS}:
-        failures.append(f"installation tokens requested {counts}, expected one per installation")
+        failures.append(f"installation tokens requested {counts}, expected one per installation (one repository each)")
+    for scope in github.token_scopes:
+        names = [r.split("/", 1)[1] for r in INSTALLATIONS[scope["installation"]]]
+        print(f"  {DIM}token for installation {scope['installation']}: repositories {scope['repositories']}, "
+              f"permissions {scope['permissions']}{RESET}")
+        if scope["repositories"] != names[:1] or not scope["permissions"]:
+            failures.append(f"an installation token was not scoped to its repository and permissions: {scope}")
     refused = [c for c in github.calls if c["status"] in (401, 403)]
     if refused:
         failures.append(f"the stand-in refused the function's credentials: {refused}")
