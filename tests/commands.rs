@@ -4,9 +4,11 @@
 mod common;
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use common::*;
 use deploy_webhook::domain::Environment;
+use deploy_webhook::domain::ports::Clock;
 use serde_json::{Value, json};
 use wiremock::matchers::{body_partial_json, method, path, path_regex};
 use wiremock::{Mock, ResponseTemplate};
@@ -138,6 +140,9 @@ async fn bots_edits_and_comments_without_an_exact_command_word_are_ignored_and_c
 #[tokio::test]
 async fn a_commenter_without_permission_gets_one_reaction_within_an_hourly_budget_and_nothing_else() {
     let app = app().await;
+    // Start of an hour on the service's clock: the whole test falls in one budget hour.
+    let now = app.clock.now_ms();
+    app.clock.advance(Duration::from_millis(3_600_000 - now % 3_600_000 + 1_000));
     permission(&app, "visitor", "read", "triage").await;
     let (status, body) = app.send(&deliver(&comment(".lock production", "visitor", true))).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("refused")), "{body}");
