@@ -30,10 +30,46 @@ lint: ## rustfmt and clippy, warnings denied
 	cargo clippy --all-targets --locked -- -D warnings
 
 .PHONY: test
-test: $(STAMP) lint template-check ## everything CI checks: lint, template checks, unit and integration tests, no secret on the terminal
+test: $(STAMP) lint template-check audit ## everything CI checks: lint, template checks, the dependency audit, unit and integration tests, no secret on the terminal
 	cargo test --locked --all-targets
-	@# after cargo test, which leaves the debug binary built, so the check does not wait for a build
+	@# after cargo test, which leaves the debug binary built, so the checks do not wait for a build
 	$(MAKE) --no-print-directory secrets-check
+	$(MAKE) --no-print-directory iam-check
+
+# The whole local flow of `make run`, in token and App mode, with IAM enforced by the local
+# DynamoDB and the function running as a role with exactly template.yaml's policy
+# (tools/iam_check.py); fails on any AccessDenied, and if removing an action or the index ARN
+# from the policy would go unnoticed. Uses the debug binary (cargo test built it).
+.PHONY: iam-check
+iam-check: $(STAMP) ## make run's flow (token and App mode) as a role with exactly template.yaml's IAM policy
+	cargo build --locked --quiet --bin deploy-webhook
+	@mkdir -p .run
+	@for mode in "" "--app"; do \
+	  if $(PY) tools/demo.py --iam $$mode --binary target/debug/deploy-webhook > .run/iam-check$$mode.log 2>&1; then \
+	    echo "iam-check$${mode:+ ($$mode)}: ok: the whole flow ran under template.yaml's policy (.run/iam-check$$mode.log)"; \
+	  else \
+	    tail -40 .run/iam-check$$mode.log; echo "iam-check$${mode:+ ($$mode)}: FAILED (.run/iam-check$$mode.log)"; exit 1; \
+	  fi; \
+	done
+
+# The dependency audit: cargo-audit (installed once per version into $(TOOLS_ROOT), from crates.io,
+# --locked; outside the clone, so that a fresh clone on the same machine, as CI's, reuses it)
+# against the RustSec advisory database snapshot in ../shared/advisory-db, offline.
+# Vulnerabilities fail it, and so do unsound, unmaintained and yanked crates (--deny warnings);
+# an advisory we accept on purpose is listed, with why, in .cargo/audit.toml.
+CARGO_AUDIT_VERSION := 0.22.2
+TOOLS_ROOT  ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/deploy-webhook/tools
+ADVISORY_DB ?= $(CURDIR)/../shared/advisory-db
+CARGO_AUDIT := $(TOOLS_ROOT)/bin/cargo-audit
+AUDIT_STAMP := $(TOOLS_ROOT)/.cargo-audit-$(CARGO_AUDIT_VERSION)
+
+$(AUDIT_STAMP):
+	cargo install --locked --quiet --no-default-features cargo-audit --version $(CARGO_AUDIT_VERSION) --root $(TOOLS_ROOT)
+	@touch $@
+
+.PHONY: audit
+audit: $(AUDIT_STAMP) ## cargo audit of Cargo.lock against ../shared/advisory-db (offline), warnings denied
+	$(CARGO_AUDIT) audit --db $(ADVISORY_DB) --no-fetch --deny warnings
 
 # `make watch` with sentinel secrets and RUST_LOG=trace in the shell: events through the real
 # function, Ctrl-C, and no sentinel may appear in anything printed. Bounded (kills after 90 s of
@@ -48,9 +84,9 @@ secrets-check: $(STAMP) ## no secret from .env reaches the terminal through make
 # run), plus one token per installation and a failed delivery redelivered by the sweep.
 APP ?=
 .PHONY: run
-run: $(STAMP) ## the whole flow locally: sample events through the real function, local DynamoDB and GitHub (APP=1: as a GitHub App)
+run: $(STAMP) ## the whole flow locally: sample events through the real function, local DynamoDB and GitHub (APP=1: as a GitHub App; IAM=1: as a role with exactly template.yaml's policy)
 	cargo build --release --locked
-	$(PY) tools/demo.py$(if $(filter 1,$(APP)), --app)
+	$(PY) tools/demo.py$(if $(filter 1,$(APP)), --app)$(if $(filter 1,$(IAM)), --iam)
 
 .PHONY: events
 events: ## rebuild and re-sign events/*.json from events/payloads/ (secret: $GITHUB_WEBHOOK_SECRET or the sample)
@@ -97,10 +133,11 @@ build: $(STAMP) ## the arm64 Lambda artifact (target/lambda/deploy-webhook/boots
 	@ls -l target/lambda/deploy-webhook/bootstrap.zip | awk '{printf "bootstrap.zip: %.2f MB (%d bytes)\n", $$5/1048576, $$5}'
 
 .PHONY: template-check
-template-check: $(STAMP) ## lint template.yaml offline (cfn-lint and sam validate --lint)
+template-check: $(STAMP) ## lint template.yaml offline (cfn-lint, sam validate --lint, and its role, edge and secrets: tools/check_template.py)
 	$(VENV)/bin/cfn-lint template.yaml
 	AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_ACCESS_KEY_ID=offline AWS_SECRET_ACCESS_KEY=offline \
 	  $(VENV)/bin/sam validate --lint --template-file template.yaml
+	$(PY) tools/check_template.py
 
 # DEPLOY_ARGS goes to sam deploy, e.g. DEPLOY_ARGS='--parameter-overrides LogLevel=DEBUG'
 # (parameters not named keep their deployed values; NoEcho ones are shown as *****).

@@ -174,13 +174,9 @@ pub fn handler_from(config: &Config, clients: &Clients) -> Result<Handler, InitE
     let auth = Arc::new(GitHubAuth::new(config.github_auth.clone(), Arc::new(SystemClock)));
     let github = GitHubClient::with_auth(http.clone(), &config.github_api_url, auth, RetryPolicy::default());
     let html_url = html_url_of(&config.github_api_url);
-    let deployer = HookDeployer::new(
-        http,
-        config.deploy_targets.clone(),
-        config.webhook_secrets.clone(),
-        config.deploy_hook_timeout,
-    )
-    .with_slack(config.slack.clone(), &html_url);
+    let deployer =
+        HookDeployer::new(http, config.deploy_targets.clone(), config.hook_secrets.clone(), config.deploy_hook_timeout)
+            .with_slack(config.slack.clone(), &html_url);
     let mut settings = ServiceSettings::new(config.rules.clone());
     settings.run_timeout = config.deploy_timeout;
     settings.run_timeouts = config.deploy_timeouts.clone();
@@ -197,7 +193,8 @@ pub fn handler_from(config: &Config, clients: &Clients) -> Result<Handler, InitE
         settings.redelivery_hooks.insert(0, crate::domain::ports::HookRef::App);
     }
     let service = Service::new(store, github, deployer, settings);
-    Ok(WebhookHandler::new(service, config.webhook_secrets.clone(), config.delivery_budget))
+    Ok(WebhookHandler::new(service, config.webhook_secrets.clone(), config.delivery_budget)
+        .with_hook_secrets(config.hook_secrets.clone()))
 }
 
 #[cfg(test)]

@@ -12,13 +12,17 @@ use crate::domain::ports::HookRef;
 use crate::domain::rules::{DeployRules, RulesError};
 use crate::github::auth::{AppCredentials, AuthConfig, BadAppKey};
 use crate::github::client::ExtraCaCerts;
-use crate::http::signature::WebhookSecrets;
+use crate::http::signature::{HookSecrets, WebhookSecrets};
 
 pub const DEFAULT_GITHUB_API_URL: &str = "https://api.github.com";
 
 #[derive(Debug)]
 pub struct Config {
+    /// `GITHUB_WEBHOOK_SECRET`: verifies GitHub's deliveries, and nothing else.
     pub webhook_secrets: WebhookSecrets,
+    /// `HOOK_SIGNING_SECRET`, `HOOK_SIGNING_SECRET_<ENV>`: signs hook calls and verifies their
+    /// callbacks, per environment, and nothing else.
+    pub hook_secrets: HookSecrets,
     /// `GITHUB_TOKEN`, or `GITHUB_APP_ID` + `GITHUB_APP_PRIVATE_KEY`: exactly one of the two.
     pub github_auth: AuthConfig,
     /// `REDELIVER_HOOKS` (token mode): repository webhooks whose failed deliveries the sweep
@@ -60,9 +64,18 @@ pub enum ConfigError {
     #[error("{0} is not set")]
     Missing(&'static str),
     #[error("{0} is set but holds no secret (it is empty or only commas)")]
-    EmptySecrets(&'static str),
-    #[error("{name} is not a valid http(s) URL: {value:?}")]
-    BadUrl { name: String, value: String },
+    EmptySecrets(String),
+    #[error("{hook} is set, so {needs} must be set: the hook's calls and callbacks are signed with it")]
+    NoHookSecret { hook: String, needs: String },
+    #[error(
+        "{0} holds a secret that is also in GITHUB_WEBHOOK_SECRET: a deploy hook must not be able to sign GitHub deliveries"
+    )]
+    SharedHookSecret(String),
+    /// The value is not shown: a URL can be a credential (a Slack webhook URL is one).
+    #[error("{0} is not a valid https:// URL (its value is not shown)")]
+    BadUrl(String),
+    #[error("{name} must be an https:// URL (http:// only for a loopback address), got {shown}")]
+    NotHttps { name: String, shown: String },
     #[error("DEPLOY_RULES is not valid: {0}")]
     BadRules(#[from] RulesError),
     #[error("{name} must be a whole number of milliseconds between {min} and {max}, got {value:?}")]
@@ -103,7 +116,7 @@ impl Config {
 
         let secrets_raw = get("GITHUB_WEBHOOK_SECRET").ok_or(ConfigError::Missing("GITHUB_WEBHOOK_SECRET"))?;
         let webhook_secrets =
-            WebhookSecrets::from_list(secrets_raw).ok_or(ConfigError::EmptySecrets("GITHUB_WEBHOOK_SECRET"))?;
+            WebhookSecrets::from_list(secrets_raw).ok_or(ConfigError::EmptySecrets("GITHUB_WEBHOOK_SECRET".into()))?;
 
         let github_auth = match (get("GITHUB_TOKEN"), get("GITHUB_APP_ID"), get("GITHUB_APP_PRIVATE_KEY")) {
             (Some(token), None, None) => {
@@ -191,6 +204,7 @@ impl Config {
         let mut deploy_timeouts = HashMap::new();
         let mut required_contexts = HashMap::new();
         let mut slack = crate::deploy::slack::SlackTargets::default();
+        let mut env_hook_secrets = HashMap::new();
         for (name, value) in &vars {
             let value = value.trim();
             if value.is_empty() {
@@ -213,8 +227,25 @@ impl Config {
                 required_contexts.insert(env.to_owned(), contexts);
             } else if let Some(env) = name.strip_prefix("DEPLOY_TIMEOUT_MINUTES_") {
                 deploy_timeouts.insert(env.to_owned(), minutes(name, value)?);
+            } else if let Some(env) = name.strip_prefix("HOOK_SIGNING_SECRET_") {
+                let secrets =
+                    WebhookSecrets::from_list(value).ok_or_else(|| ConfigError::EmptySecrets(name.clone()))?;
+                env_hook_secrets.insert(env.to_owned(), secrets);
             }
         }
+        let default_hook_secrets = match vars.get("HOOK_SIGNING_SECRET").filter(|v| !v.trim().is_empty()) {
+            Some(raw) => {
+                Some(WebhookSecrets::from_list(raw).ok_or(ConfigError::EmptySecrets("HOOK_SIGNING_SECRET".into()))?)
+            }
+            None => None,
+        };
+        let hook_secrets = hook_secrets(&deploy_targets, default_hook_secrets, env_hook_secrets, &webhook_secrets)?;
+
+        deploy_targets.named = rules
+            .environments()
+            .chain(branch_deploy_environments.iter())
+            .map(crate::domain::Environment::env_var_suffix)
+            .collect();
 
         let delivery_budget = millis(get("DELIVERY_BUDGET_MS"), "DELIVERY_BUDGET_MS", 8_000, 1_000, 9_500)?;
         let deploy_hook_timeout = millis(get("DEPLOY_HOOK_TIMEOUT_MS"), "DEPLOY_HOOK_TIMEOUT_MS", 5_000, 100, 9_000)?;
@@ -234,6 +265,7 @@ impl Config {
 
         Ok(Self {
             webhook_secrets,
+            hook_secrets,
             github_auth,
             redeliver_hooks,
             redelivery_max_attempts,
@@ -257,6 +289,36 @@ impl Config {
     }
 }
 
+/// The hooks' secrets: every configured hook has one (its environment's, else the default), and
+/// none of them is also a webhook secret.
+fn hook_secrets(
+    targets: &DeployTargets,
+    default: Option<WebhookSecrets>,
+    by_environment: HashMap<String, WebhookSecrets>,
+    webhook: &WebhookSecrets,
+) -> Result<HookSecrets, ConfigError> {
+    if targets.default_hook.is_some() && default.is_none() {
+        return Err(ConfigError::NoHookSecret { hook: "DEPLOY_HOOK_URL".into(), needs: "HOOK_SIGNING_SECRET".into() });
+    }
+    let mut hooks: Vec<&String> = targets.hooks.keys().collect();
+    hooks.sort();
+    for env in hooks {
+        if default.is_none() && !by_environment.contains_key(env) {
+            return Err(ConfigError::NoHookSecret {
+                hook: format!("DEPLOY_HOOK_URL_{env}"),
+                needs: format!("HOOK_SIGNING_SECRET_{env} or HOOK_SIGNING_SECRET"),
+            });
+        }
+    }
+    let secrets = HookSecrets::new(default, by_environment);
+    let mut lists: Vec<(String, &WebhookSecrets)> = secrets.lists().collect();
+    lists.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some((name, _)) = lists.into_iter().find(|(_, list)| list.shares_with(webhook)) {
+        return Err(ConfigError::SharedHookSecret(name));
+    }
+    Ok(secrets)
+}
+
 /// A PEM bundle read once at init (a file in the package, `/var/task/…`, or a layer, `/opt/…`).
 fn extra_ca_certs(path: &str) -> Result<ExtraCaCerts, ConfigError> {
     let bad = |reason: String| ConfigError::BadCaBundle { path: path.to_owned(), reason };
@@ -264,10 +326,32 @@ fn extra_ca_certs(path: &str) -> Result<ExtraCaCerts, ConfigError> {
     ExtraCaCerts::from_pem(&pem).map_err(bad)
 }
 
+/// An `https://` URL; `http://` only on a loopback address (local runs and tests), where nothing
+/// travels over a network.
 fn http_url(name: &str, value: &str) -> Result<String, ConfigError> {
-    match Url::parse(value) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(value.to_owned()),
-        _ => Err(ConfigError::BadUrl { name: name.to_owned(), value: value.to_owned() }),
+    let url = Url::parse(value).ok().filter(|u| u.host().is_some());
+    match url {
+        Some(url) if url.scheme() == "https" => Ok(value.to_owned()),
+        Some(url) if url.scheme() == "http" && is_loopback(&url) => Ok(value.to_owned()),
+        Some(url) if url.scheme() == "http" => Err(ConfigError::NotHttps {
+            name: name.to_owned(),
+            // Scheme and host only: a path or query can hold a credential.
+            shown: format!("http://{}/…", url.host_str().unwrap_or_default()),
+        }),
+        _ => Err(ConfigError::BadUrl(name.to_owned())),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host_str() {
+        Some(host) if host.eq_ignore_ascii_case("localhost") => true,
+        // IPv6 hosts come bracketed (`[::1]`).
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
     }
 }
 
@@ -372,6 +456,34 @@ mod tests {
     }
 
     #[test]
+    fn urls_are_https_except_on_loopback_and_errors_never_show_them_whole() {
+        let with = |k: &str, v: &str| {
+            let mut all = vars(MINIMAL);
+            all.extend(vars(&[(k, v), ("HOOK_SIGNING_SECRET", "hooksec")]));
+            Config::from_vars(all)
+        };
+        let slack = "http://hooks.slack.com/services/T0/B0/credential-part";
+        for name in ["GITHUB_API_URL", "DEPLOY_HOOK_URL", "DEPLOY_HOOK_URL_STAGING", "PUBLIC_URL", "SLACK_WEBHOOK_URL"]
+        {
+            let err = with(name, slack).unwrap_err().to_string();
+            assert!(err.contains(name) && err.contains("https://"), "{err}");
+            assert!(!err.contains("credential-part") && !err.contains("/services"), "{err}");
+            assert!(with(name, "https://deploy.example.com/x").is_ok(), "{name}");
+            for local in ["http://127.0.0.1:8791/sync", "http://localhost:9000/x", "http://[::1]:8790"] {
+                assert!(with(name, local).is_ok(), "{name} {local}");
+            }
+        }
+        let err = with("SLACK_WEBHOOK_URL", "hooks.slack.com/services/T0/B0/credential-part").unwrap_err();
+        assert!(!err.to_string().contains("credential-part"), "{err}");
+        assert!(
+            with("SLACK_WEBHOOK_URL_PROD", "http://10.0.0.1/hook")
+                .unwrap_err()
+                .to_string()
+                .contains("SLACK_WEBHOOK_URL_PROD")
+        );
+    }
+
+    #[test]
     fn reads_rules_hooks_and_enterprise_urls() {
         let mut v = vars(MINIMAL);
         v.extend(vars(&[
@@ -379,6 +491,7 @@ mod tests {
             ("DEPLOY_RULES", "main=production,release/*=staging"),
             ("DEPLOY_HOOK_URL", "https://deploy.example.com/all"),
             ("DEPLOY_HOOK_URL_STAGING", "https://deploy.example.com/staging"),
+            ("HOOK_SIGNING_SECRET", "hooksec-all"),
             ("ENVIRONMENT_URL_PRODUCTION", "https://example.com"),
         ]));
         let c = Config::from_vars(v).unwrap();
@@ -409,6 +522,54 @@ mod tests {
         for bad in ["/nonexistent/ca.pem", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")] {
             assert!(with(bad).unwrap_err().to_string().contains("EXTRA_CA_CERTS_FILE"));
         }
+    }
+
+    #[test]
+    fn hooks_have_secrets_of_their_own_never_the_webhook_secret() {
+        let with = |extra: &[(&str, &str)]| {
+            let mut v = vars(MINIMAL);
+            v.extend(vars(extra));
+            Config::from_vars(v)
+        };
+        let err = |extra: &[(&str, &str)]| with(extra).unwrap_err().to_string();
+        assert!(err(&[("DEPLOY_HOOK_URL", "https://h")]).contains("HOOK_SIGNING_SECRET"));
+        let e = err(&[("DEPLOY_HOOK_URL_STAGING", "https://h")]);
+        assert!(e.contains("HOOK_SIGNING_SECRET_STAGING") && e.contains("DEPLOY_HOOK_URL_STAGING"), "{e}");
+        assert!(err(&[("HOOK_SIGNING_SECRET_STAGING", " , ")]).contains("HOOK_SIGNING_SECRET_STAGING"));
+        // A hook secret that is also a webhook secret would let the hook forge deliveries.
+        for name in ["HOOK_SIGNING_SECRET", "HOOK_SIGNING_SECRET_STAGING"] {
+            let e = err(&[
+                ("DEPLOY_HOOK_URL", "https://h"),
+                ("HOOK_SIGNING_SECRET", "hooksec-1"),
+                (name, "new,whsec-beta"),
+            ]);
+            assert!(e.contains(name) && !e.contains("whsec-beta"), "{e}");
+        }
+
+        let c = with(&[
+            ("DEPLOY_HOOK_URL_STAGING", "https://h/staging"),
+            ("DEPLOY_HOOK_URL_PRODUCTION", "https://h/production"),
+            ("HOOK_SIGNING_SECRET", "hooksec-default"),
+            ("HOOK_SIGNING_SECRET_STAGING", "hooksec-staging-new,hooksec-staging-old"),
+        ])
+        .unwrap();
+        let staging = crate::domain::Environment::parse("staging").unwrap();
+        let production = crate::domain::Environment::production();
+        let sign = |env: &crate::domain::Environment| c.hook_secrets.for_environment(env).unwrap().sign(b"{}");
+        let expected = |secret: &str| WebhookSecrets::from_list(secret).unwrap().sign(b"{}");
+        assert_eq!(sign(&staging), expected("hooksec-staging-new"));
+        assert_eq!(sign(&production), expected("hooksec-default"));
+        assert!(
+            c.hook_secrets
+                .for_environment(&staging)
+                .unwrap()
+                .verify(Some(expected("hooksec-staging-old").as_bytes()), b"{}")
+                .is_ok()
+        );
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hooksec"), "{shown}");
+        // No hook, no secret needed; none configured means no callback can verify.
+        assert!(Config::from_vars(vars(MINIMAL)).unwrap().hook_secrets.for_environment(&production).is_none());
     }
 
     #[test]

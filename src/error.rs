@@ -18,6 +18,8 @@ pub enum AppError {
     MethodNotAllowed,
     #[error("the body is larger than 6 MB")]
     TooLarge,
+    #[error("a callback body is at most 4 KB")]
+    CallbackTooLarge,
     #[error(transparent)]
     Signature(#[from] SignatureError),
     #[error("the {0} header is missing")]
@@ -40,7 +42,7 @@ impl AppError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooLarge | Self::CallbackTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
             Self::Body(BodyError::UnsupportedContentType(_)) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::MissingHeader(_) | Self::BadHeader(_) | Self::Body(_) | Self::Event(_) | Self::BadCallback(_) => {
@@ -50,6 +52,7 @@ impl AppError {
             Self::Service(ServiceError::InProgress) => StatusCode::CONFLICT,
             Self::Service(ServiceError::Store(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Service(ServiceError::GitHub(_)) => StatusCode::BAD_GATEWAY,
+            Self::Service(ServiceError::NoRandomness) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -57,7 +60,7 @@ impl AppError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::MethodNotAllowed => "method_not_allowed",
-            Self::TooLarge => "too_large",
+            Self::TooLarge | Self::CallbackTooLarge => "too_large",
             Self::Signature(_) => "unauthorized",
             Self::MissingHeader(_) | Self::BadHeader(_) | Self::Body(_) | Self::Event(_) | Self::BadCallback(_) => {
                 "bad_request"

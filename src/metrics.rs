@@ -2,7 +2,7 @@
 //! CloudWatch Logs turns into metrics. No API call and no latency; nothing but names, counts,
 //! durations and the environment's name goes into them.
 //!
-//! Namespace `DeployWebhook`: `Deliveries` (by `Outcome`), `DeploymentsStarted`,
+//! Namespace `DeployWebhook`: `Deliveries` and `Callbacks` (by `Outcome`), `DeploymentsStarted`,
 //! `DeploymentsSucceeded`, `DeploymentsFailed` (failure or error), `DeploymentsTimedOut`,
 //! `DeployDurationMs` and `QueueWaitMs` (by `Environment`, and with no dimension for alarms),
 //! `GitHubErrors`, `DynamoErrors`, `SweepRuns`.

@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use lambda_http::lambda_runtime::LambdaEvent;
+use lambda_http::lambda_runtime::{Diagnostic, LambdaEvent};
 use lambda_http::request::LambdaRequest;
 use lambda_http::{Adapter, Request, Service, service_fn};
 use serde::Deserialize;
@@ -15,7 +15,20 @@ use serde_json::{Value, json};
 use tracing::{error, info, warn};
 
 use crate::domain::ports::{Clock, DeployAction, GitHub, Store};
+use crate::domain::{ServiceError, SweepReport};
 use crate::http::WebhookHandler;
+
+/// A sweep that could not run. The invocation fails with it, so that Lambda counts an error (the
+/// `function-errors` alarm sees it) instead of a normal answer no alarm looks at.
+#[derive(Debug, thiserror::Error)]
+#[error("the sweep could not run; the next one tries again (the log has the cause)")]
+pub struct SweepFailed;
+
+impl From<SweepFailed> for Diagnostic {
+    fn from(err: SweepFailed) -> Self {
+        Diagnostic { error_type: "SweepFailed".to_owned(), error_message: err.to_string() }
+    }
+}
 
 /// One invocation's payload, kept raw until its shape is known (a webhook event is parsed once).
 #[derive(Deserialize)]
@@ -51,17 +64,18 @@ where
     let handler = std::sync::Arc::new(handler);
     lambda_http::lambda_runtime::run(service_fn(move |event: LambdaEvent<Invocation>| {
         let handler = std::sync::Arc::clone(&handler);
-        async move { Ok::<_, Infallible>(dispatch(&handler, event, budget).await) }
+        async move { dispatch(&handler, event, budget).await }
     }))
     .await
 }
 
-/// Runs one invocation and returns what Lambda should answer.
+/// Runs one invocation and returns what Lambda should answer: an API request always has an
+/// answer; a sweep that could not run is an invocation error.
 pub async fn dispatch<S: Store, G: GitHub, D: DeployAction, C: Clock>(
     handler: &WebhookHandler<S, G, D, C>,
     event: LambdaEvent<Invocation>,
     budget: Duration,
-) -> Value {
+) -> Result<Value, SweepFailed> {
     let LambdaEvent { payload, context } = event;
     if payload.is_scheduled() {
         return sweep(handler, budget).await;
@@ -70,7 +84,7 @@ pub async fn dispatch<S: Store, G: GitHub, D: DeployAction, C: Clock>(
         Ok(request) => request,
         Err(err) => {
             warn!(error = %err, "an invocation that is neither an API Gateway request nor a scheduled event");
-            return json!({ "status": "bad_request", "message": "unrecognised invocation" });
+            return Ok(json!({ "status": "bad_request", "message": "unrecognised invocation" }));
         }
     };
     // lambda_http's own adapter turns the request into an `http::Request` and the response back
@@ -78,8 +92,19 @@ pub async fn dispatch<S: Store, G: GitHub, D: DeployAction, C: Clock>(
     let mut adapter =
         Adapter::from(service_fn(|request: Request| async { Ok::<_, Infallible>(handler.handle(request).await) }));
     match adapter.call(LambdaEvent::new(request, context)).await {
-        Ok(response) => serde_json::to_value(response).unwrap_or(Value::Null),
+        Ok(response) => Ok(serde_json::to_value(response).unwrap_or(Value::Null)),
         Err(never) => match never {},
+    }
+}
+
+/// The metric a sweep's result counts: `SweepRuns` only for a sweep that completed (the
+/// `sweep-not-running` alarm watches it); a failed one counts as the error it met.
+pub fn sweep_metric(result: &Result<SweepReport, ServiceError>) -> &'static str {
+    match result {
+        Ok(_) => "SweepRuns",
+        Err(ServiceError::Store(_)) => "DynamoErrors",
+        Err(ServiceError::GitHub(_)) => "GitHubErrors",
+        Err(_) => "SweepErrors",
     }
 }
 
@@ -87,9 +112,9 @@ pub async fn dispatch<S: Store, G: GitHub, D: DeployAction, C: Clock>(
 pub async fn sweep<S: Store, G: GitHub, D: DeployAction, C: Clock>(
     handler: &WebhookHandler<S, G, D, C>,
     budget: Duration,
-) -> Value {
+) -> Result<Value, SweepFailed> {
     let result = handler.sweep(budget).await;
-    crate::metrics::count(crate::domain::ports::SystemClock.now_ms(), None, "SweepRuns");
+    crate::metrics::count(crate::domain::ports::SystemClock.now_ms(), None, sweep_metric(&result));
     match result {
         Ok(report) => {
             let r = &report.redelivery;
@@ -103,14 +128,14 @@ pub async fn sweep<S: Store, G: GitHub, D: DeployAction, C: Clock>(
                 gave_up = r.gave_up,
                 "sweep done"
             );
-            json!({
+            Ok(json!({
                 "status": "swept", "due": report.due, "healed": report.healed, "failed": report.failed,
                 "redelivery": { "seen": r.seen, "redelivered": r.redelivered, "settled": r.settled, "gave_up": r.gave_up },
-            })
+            }))
         }
         Err(err) => {
             error!(error = %err, "the sweep could not run; the next one tries again");
-            json!({ "status": "error", "message": "the sweep could not run" })
+            Err(SweepFailed)
         }
     }
 }

@@ -50,7 +50,7 @@ use deploy_webhook::domain::types::{DeliveryId, DeploymentId, Environment, RepoF
 use deploy_webhook::domain::{DeployRules, Service, ServiceSettings, StatusRecord};
 use deploy_webhook::github::client::{GitHubClient, RetryPolicy, http_client};
 use deploy_webhook::http::WebhookHandler;
-use deploy_webhook::http::signature::WebhookSecrets;
+use deploy_webhook::http::signature::{HookSecrets, WebhookSecrets};
 use deploy_webhook::store::dynamo::DynamoStore;
 use serde_json::{Value, json};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers::any};
@@ -757,7 +757,7 @@ struct CallbackStats {
 /// Sends `cb` through the handler as an instance would receive it: (status, body, URL used).
 async fn send_callback(handler: &ChaosHandler, hooks: &Shared<HookState>, cb: &Callback) -> (u16, Value, String) {
     let url = hooks.lock().unwrap().deployments[&cb.deployment].urls.last().cloned().unwrap();
-    let secret = if cb.forged { "not-the-webhook-secret" } else { SECRET };
+    let secret = if cb.forged { SECRET } else { HOOK_SECRET };
     let event = Event::callback(&url, &cb.body, secret);
     match tokio::time::timeout(INVOCATION_TIMEOUT, handler.handle(event.request())).await {
         Ok(response) => {
@@ -947,7 +947,8 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
     let client = GitHubClient::new(http.clone(), &github.uri(), &TOKEN.to_owned().into(), retry).unwrap();
     let secrets = WebhookSecrets::from_list(SECRET).unwrap();
     let targets = DeployTargets { default_hook: Some(format!("{}/deploy", hook.uri())), ..Default::default() };
-    let deployer = HookDeployer::new(http, targets, secrets.clone(), Duration::from_secs(1));
+    let hook_secrets = HookSecrets::for_all(WebhookSecrets::from_list(HOOK_SECRET).unwrap());
+    let deployer = HookDeployer::new(http, targets, hook_secrets.clone(), Duration::from_secs(1));
     let mut settings = ServiceSettings::new(DeployRules::parse(RULES).unwrap());
     settings.lease = LEASE;
     settings.busy_wait = Duration::from_millis(1000);
@@ -959,7 +960,8 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
         .collect();
     settings.redelivery_max_attempts = MAX_REDELIVERIES;
     let service = Service::with_clock(store, client, deployer, clock.clone(), settings);
-    let handler: Arc<ChaosHandler> = Arc::new(WebhookHandler::new(service, secrets, BUDGET));
+    let handler: Arc<ChaosHandler> =
+        Arc::new(WebhookHandler::new(service, secrets, BUDGET).with_hook_secrets(hook_secrets));
 
     // The stream: merged PRs into two repositories (main → production, release/* → staging),
     // shuffled, some redelivered with the same GUID, some by a second hook, some only late; plus

@@ -4,9 +4,11 @@
 mod common;
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use common::*;
 use deploy_webhook::domain::Environment;
+use deploy_webhook::domain::ports::Clock;
 use serde_json::{Value, json};
 use wiremock::matchers::{body_partial_json, method, path, path_regex};
 use wiremock::{Mock, ResponseTemplate};
@@ -98,15 +100,18 @@ async fn github_creates_deployments(app: &TestApp) {
 }
 
 #[tokio::test]
-async fn help_and_unknown_commands_answer_the_list_once() {
+async fn help_and_command_words_with_wrong_arguments_answer_the_list_once() {
     let app = app().await;
-    for text in [".help", ".frobnicate production"] {
+    permission(&app, "octocat", "write", "write").await;
+    for text in [".help", ".deploy staging now"] {
         let mut payload = comment(text, "octocat", false);
         payload["comment"]["id"] = json!(fastrand::u32(..));
         let event = deliver(&payload);
         assert_eq!(app.send(&event).await.1["status"], "processed");
-        // The same delivery again: nothing more.
+        // The same delivery again: nothing more, not even a permission read.
+        let calls = app.github_calls().await.len();
         assert_eq!(app.send(&event).await.1["status"], "duplicate");
+        assert_eq!(app.github_calls().await.len(), calls, "a redelivered command called GitHub");
     }
     let (_, replies) = said(&app).await;
     assert_eq!(replies.len(), 2);
@@ -114,29 +119,90 @@ async fn help_and_unknown_commands_answer_the_list_once() {
 }
 
 #[tokio::test]
-async fn bots_edits_and_plain_comments_are_ignored() {
+async fn bots_edits_and_comments_without_an_exact_command_word_are_ignored_and_cost_nothing() {
     let app = app().await;
     let mut bot = comment(".status", "deploy-webhook[bot]", true);
     bot["comment"]["user"]["type"] = json!("Bot");
     let mut edited = comment(".status", "octocat", true);
     edited["action"] = json!("edited");
-    for payload in [bot, edited, comment("thanks, looks good", "octocat", true)] {
+    let mut payloads = vec![bot, edited];
+    for text in ["thanks, looks good", "...", ".NET rocks", ".helpme", ".Help", ".frobnicate production", "."] {
+        payloads.push(comment(text, "octocat", true));
+    }
+    for payload in payloads {
         let (status, body) = app.send(&deliver(&payload)).await;
-        assert_eq!((status, body["status"].as_str()), (200, Some("ignored")), "{body}");
+        assert_eq!((status, body["status"].as_str()), (200, Some("ignored")), "{payload} {body}");
     }
     assert!(app.github_calls().await.is_empty());
+    assert!(app.items().await.is_empty(), "nothing stored for a comment that is not a command");
 }
 
 #[tokio::test]
-async fn without_write_permission_nothing_happens_but_a_reply() {
+async fn a_commenter_without_permission_gets_one_reaction_within_an_hourly_budget_and_nothing_else() {
     let app = app().await;
+    // Start of an hour on the service's clock: the whole test falls in one budget hour.
+    let now = app.clock.now_ms();
+    app.clock.advance(Duration::from_millis(3_600_000 - now % 3_600_000 + 1_000));
     permission(&app, "visitor", "read", "triage").await;
     let (status, body) = app.send(&deliver(&comment(".lock production", "visitor", true))).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("refused")), "{body}");
+    // The permission read came first; the only write is one 😕.
+    let calls = app.github_calls().await;
+    assert_eq!(
+        calls,
+        [
+            ("GET".to_owned(), format!("/repos/{REPO}/collaborators/visitor/permission")),
+            ("POST".to_owned(), format!("/repos/{REPO}/issues/comments/{COMMENT_ID}/reactions")),
+        ]
+    );
     let (reactions, replies) = said(&app).await;
-    assert_eq!(reactions, ["confused"]);
-    assert!(replies[0].contains("needs write or admin permission"), "{replies:?}");
+    assert_eq!((reactions, replies), (vec!["confused".to_owned()], vec![]));
     assert_eq!(app.environment("production").await, Value::Null, "no lock");
+
+    // More comments (and the same one redelivered): 😕 at most 3 times in the hour, across them all.
+    let mut sent = vec![deliver(&comment(".lock production", "visitor", true))];
+    for (i, text) in [".help", ".status", ".unlock production", ".rollback production"].iter().enumerate() {
+        let mut payload = comment(text, "visitor", i % 2 == 0);
+        payload["comment"]["id"] = json!(COMMENT_ID + 1 + i as u64);
+        sent.push(deliver(&payload));
+    }
+    for event in &sent {
+        assert_eq!(app.send(event).await.1["status"], "refused");
+    }
+    let (reactions, replies) = said(&app).await;
+    assert_eq!(reactions.len(), 3, "{reactions:?}");
+    assert!(replies.is_empty());
+    let items = app.items().await;
+    assert!(items_with_sk_prefix(&items, "COMMENT#").is_empty(), "no comment claimed for a refused commenter");
+    let budget = items_with_sk_prefix(&items, "WRITES#");
+    assert_eq!(budget.len(), 1, "{items:?}");
+    assert_eq!(attr_s(budget[0], "pk"), Some("USER#visitor"));
+    assert_eq!(attr_n(budget[0], "writes"), Some(3));
+    let hour = attr_s(budget[0], "sk").unwrap().trim_start_matches("WRITES#").parse::<u64>().unwrap();
+    assert_eq!(attr_n(budget[0], "expires_at"), Some((hour + 2) * 3600), "forgotten (TTL) after the hour");
+
+    // Another stranger has a budget of their own.
+    permission(&app, "passerby", "none", "").await;
+    let mut other = comment(".status", "passerby", false);
+    other["comment"]["id"] = json!(COMMENT_ID + 9);
+    assert_eq!(app.send(&deliver(&other)).await.1["status"], "refused");
+    assert_eq!(said(&app).await.0.len(), 4);
+}
+
+#[tokio::test]
+async fn maintain_in_chatops_permissions_means_the_maintain_role() {
+    let app = TestApp::builder().settings(|s| s.chatops_permissions = vec!["maintain".to_owned()]).start().await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"/reactions$|/comments$"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 1})))
+        .mount(&app.github)
+        .await;
+    permission(&app, "maya", "write", "maintain").await;
+    permission(&app, "walt", "write", "write").await;
+    let mut by_walt = comment(".help", "walt", false);
+    by_walt["comment"]["id"] = json!(COMMENT_ID + 1);
+    assert_eq!(app.send(&deliver(&by_walt)).await.1["status"], "refused", "write is not maintain");
+    assert_eq!(app.send(&deliver(&comment(".help", "maya", false))).await.1["status"], "processed");
 }
 
 #[tokio::test]
@@ -322,4 +388,46 @@ async fn status_lists_every_environment() {
     let reply = &said(&app).await.1[0];
     assert!(reply.contains("| `production` | `f95f852` (#12) | #61 success |"), "{reply}");
     assert!(reply.contains("| `staging` |"), "{reply}");
+}
+
+#[tokio::test]
+async fn a_deployment_naming_the_lock_holder_passes_the_lock_only_if_this_deployer_created_it() {
+    let app = app().await;
+    permission(&app, "alice", "write", "write").await;
+    // The token's user: this deployer's identity on GitHub.
+    Mock::given(method("GET"))
+        .and(path("/user"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"login": "deploy-bot"})))
+        .expect(1)
+        .mount(&app.github)
+        .await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"/deployments/\d+/statuses$"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 1, "state": "success"})))
+        .mount(&app.github)
+        .await;
+    assert_eq!(app.send(&deliver(&comment(".lock production", "alice", true))).await.1["status"], "processed");
+    let claims_alice = json!({
+        "deploy_user": "alice",
+        "deploy_webhook": {"marker": "codertocat/hello-world#comment#1#production", "requested_by": "alice"},
+    });
+
+    // Someone else with Deployments: write writes alice's name into the payload: still held.
+    let mut forged = deployment_created(81, "production");
+    forged["deployment"]["creator"] = json!({"login": "mallory", "type": "User"});
+    forged["deployment"]["payload"] = claims_alice.clone();
+    let (_, body) = app.send(&Event::github("deployment", &new_delivery_id(), &forged)).await;
+    assert_eq!(body["status"], "queued", "a forged requester passed the lock: {body}");
+
+    // The same payload on a deployment this deployer created is alice's own: it runs.
+    let mut ours = deployment_created(82, "production");
+    ours["deployment"]["creator"] = json!({"login": "deploy-bot", "type": "User"});
+    ours["deployment"]["payload"] = claims_alice;
+    let (_, body) = app.send(&Event::github("deployment", &new_delivery_id(), &ours)).await;
+    assert_eq!(body["status"], "processed", "{body}");
+    let env = app.environment("production").await;
+    let state_of =
+        |id: u64| env["recent"].as_array().unwrap().iter().find(|r| r["id"] == id).map(|r| r["state"].clone());
+    assert_eq!(state_of(82), Some(json!("success")), "{env}");
+    assert_eq!(state_of(81), Some(json!("inactive")), "the forged one never ran: {env}");
 }

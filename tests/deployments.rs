@@ -120,7 +120,7 @@ async fn the_deploy_hook_gets_a_signed_description_and_its_answer_decides_the_st
 
     let request = &hook.received_requests().await.unwrap()[0];
     let signature = request.headers.get("x-hub-signature-256").unwrap().to_str().unwrap();
-    assert_eq!(signature, sign(SECRET, &request.body), "the hook's body is signed with the webhook secret");
+    assert_eq!(signature, sign(HOOK_SECRET, &request.body), "the hook's body is signed with the hook secret");
 }
 
 #[tokio::test]

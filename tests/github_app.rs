@@ -340,3 +340,29 @@ fn the_test_clock_starts_at_the_wall_clock() {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
     assert!(TestClock::default().now_ms() >= now);
 }
+
+#[tokio::test]
+async fn installation_tokens_are_scoped_to_the_repository_and_the_functions_permissions() {
+    let (app, issued, _) = app_with_tokens(Duration::from_secs(3600)).await;
+    deployments_recording_auth(&app).await;
+    let (status, body) = app.send(&merged_in_installation(1, 7)).await;
+    assert_eq!(status, 200, "{body}");
+    let asked: Vec<Value> = app
+        .github
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path().ends_with("/access_tokens"))
+        .map(|r| r.body_json().unwrap())
+        .collect();
+    assert_eq!(
+        asked,
+        [json!({
+            "repositories": [REPO.split_once('/').unwrap().1],
+            "permissions": {"deployments": "write", "issues": "write", "pull_requests": "read",
+                            "statuses": "read", "checks": "read", "metadata": "read"},
+        })]
+    );
+    assert_eq!(issued.lock().unwrap().len(), 1);
+}

@@ -128,3 +128,29 @@ async fn each_delivery_logs_one_line_at_info() {
     app.sweep().await;
     assert_eq!(lines() - before, 0, "an idle sweep's line comes from the Lambda entrypoint only");
 }
+
+#[tokio::test]
+async fn an_unsigned_request_logs_nothing_the_caller_chose() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let app = TestApp::start().await;
+    let mut forged = Event::github("callerchosenevent", "callerchosen-delivery-1", &fixture("ping"));
+    forged.resign("not-the-secret");
+    assert_eq!(app.send(&forged).await.0, 401);
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("delivery refused"), "the refusal is logged:\n{logs}");
+    assert!(!logs.contains("callerchosen"), "headers of an unverified request reached the log:\n{logs}");
+
+    // Once verified, the delivery's headers do label its lines.
+    let signed = Event::github("ping", "verified-delivery-2", &fixture("ping"));
+    assert_eq!(app.send(&signed).await.0, 200);
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("verified-delivery-2"), "{logs}");
+}

@@ -43,7 +43,8 @@ async fn a_deployment_is_announced_when_it_starts_and_when_it_ends() {
         .map(|r| r.body_json::<Value>().unwrap()["text"].as_str().unwrap().to_owned())
         .collect();
     assert!(texts[0].starts_with(":rocket: *production*: deploying <https://github.com/"), "{}", texts[0]);
-    assert!(texts[0].contains("|#12>)") && texts[0].ends_with("by octocat"), "{}", texts[0]);
+    // Not created by this deployer: who asked is its creator, not the payload's deploy_user.
+    assert!(texts[0].contains("|#12>)") && texts[0].ends_with("by Codertocat"), "{}", texts[0]);
     assert!(texts[1].starts_with(":white_check_mark: *production*: success"), "{}", texts[1]);
     assert!(texts[1].ends_with("<https://app.example.com|open>"), "{}", texts[1]);
 }

@@ -100,21 +100,25 @@ async fn an_asynchronous_hook_keeps_the_run_in_progress_until_its_signed_callbac
 
     // Progress with a log link, then the result.
     let (status, body) = app
-        .send(&Event::callback(&url, &json!({"state": "in_progress", "log_url": "https://ci.example.com/1"}), SECRET))
+        .send(&Event::callback(
+            &url,
+            &json!({"state": "in_progress", "log_url": "https://ci.example.com/1"}),
+            HOOK_SECRET,
+        ))
         .await;
     assert_eq!((status, body["status"].as_str()), (200, Some("accepted")), "{body}");
     let done = json!({"state": "success", "description": "Deployed v2", "environment_url": "https://example.com"});
-    let (status, body) = app.send(&Event::callback(&url, &done, SECRET)).await;
+    let (status, body) = app.send(&Event::callback(&url, &done, HOOK_SECRET)).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("accepted")), "{body}");
 
     // A repeated or late callback changes nothing and posts nothing.
-    let (status, body) = app.send(&Event::callback(&url, &done, SECRET)).await;
+    let (status, body) = app.send(&Event::callback(&url, &done, HOOK_SECRET)).await;
     assert_eq!(
         (status, body["status"].as_str(), body["detail"]["state"].as_str()),
         (200, Some("already_final"), Some("success"))
     );
     let failure = json!({"state": "failure"});
-    assert_eq!(app.send(&Event::callback(&url, &failure, SECRET)).await.1["status"], "already_final");
+    assert_eq!(app.send(&Event::callback(&url, &failure, HOOK_SECRET)).await.1["status"], "already_final");
 
     let posts = posted(&app).await;
     assert_eq!(states_of(&posts, 11), ["in_progress", "in_progress", "success"]);
@@ -140,21 +144,21 @@ async fn refused_callbacks_store_and_post_nothing() {
 
     let forged = Event::callback(&url, &done, "not-the-secret");
     assert_eq!(app.send(&forged).await.0, 401);
-    let mut unsigned = Event::callback(&url, &done, SECRET);
+    let mut unsigned = Event::callback(&url, &done, HOOK_SECRET);
     unsigned.remove("x-hub-signature-256");
     assert_eq!(app.send(&unsigned).await.0, 401);
     // Right shape, wrong secret part: no run has it.
     let (base, secret) = url.rsplit_once('.').unwrap();
     let guessed = format!("{base}.{}", "0".repeat(secret.len()));
-    assert_eq!(app.send(&Event::callback(&guessed, &done, SECRET)).await.0, 404);
+    assert_eq!(app.send(&Event::callback(&guessed, &done, HOOK_SECRET)).await.0, 404);
     for malformed in ["nonsense", "a.b", &format!("{base}.xyz")] {
         let url = format!("https://abc123.execute-api.us-east-1.amazonaws.com/callbacks/{malformed}");
-        assert_eq!(app.send(&Event::callback(&url, &done, SECRET)).await.0, 404, "{malformed}");
+        assert_eq!(app.send(&Event::callback(&url, &done, HOOK_SECRET)).await.0, 404, "{malformed}");
     }
-    assert_eq!(app.send(&Event::callback(&url, &json!({"state": "queued"}), SECRET)).await.0, 400);
-    let mut not_json = Event::callback(&url, &done, SECRET);
+    assert_eq!(app.send(&Event::callback(&url, &json!({"state": "queued"}), HOOK_SECRET)).await.0, 400);
+    let mut not_json = Event::callback(&url, &done, HOOK_SECRET);
     not_json.body = b"{state: success".to_vec();
-    not_json.resign(SECRET);
+    not_json.resign(HOOK_SECRET);
     assert_eq!(app.send(&not_json).await.0, 400);
 
     assert_eq!((app.items().await, posted(&app).await.len()), before, "a refused callback changed something");
@@ -178,7 +182,7 @@ async fn a_busy_environment_queues_and_the_newest_queued_deployment_wins() {
     assert_eq!(hook.received_requests().await.unwrap().len(), 1, "only #21 runs");
 
     let url = callback_url(&hook, 21).await;
-    app.send(&Event::callback(&url, &json!({"state": "success"}), SECRET)).await;
+    app.send(&Event::callback(&url, &json!({"state": "success"}), HOOK_SECRET)).await;
 
     let posts = posted(&app).await;
     assert_eq!(states_of(&posts, 21), ["in_progress", "success"]);
@@ -267,7 +271,7 @@ async fn a_run_without_a_result_times_out_through_the_sweep_and_the_next_starts(
     assert_eq!(states_of(&posts, 52), ["queued", "in_progress"]);
     // A late callback for the timed-out run is answered, and changes nothing.
     let url = callback_url(&hook, 51).await;
-    let (status, body) = app.send(&Event::callback(&url, &json!({"state": "success"}), SECRET)).await;
+    let (status, body) = app.send(&Event::callback(&url, &json!({"state": "success"}), HOOK_SECRET)).await;
     assert_eq!(
         (status, body["status"].as_str(), body["detail"]["state"].as_str()),
         (200, Some("already_final"), Some("error"))

@@ -50,6 +50,7 @@ from loopback_server import QuietThreadingHTTPServer  # noqa: E402
 SPAWNS = int(os.environ.get("BENCH_SPAWNS", "101"))
 WARM = int(os.environ.get("BENCH_WARM", "200"))
 SECRET = "bench-secret"
+HOOK_SECRET = "bench-hook-secret"  # HOOK_SIGNING_SECRET: signs hook calls and callbacks
 TABLE = "deploy-webhook-bench"
 PEER_DIR = ROOT.parent / "shared" / "bench" / "peer_python"
 REPO = "Codertocat/Hello-World"
@@ -187,7 +188,7 @@ def callback_event(callback_url, report):
     return {
         "version": "2.0", "routeKey": "POST /callbacks/{token}", "rawPath": path, "rawQueryString": "",
         "headers": {"content-type": "application/json", "user-agent": "deploy-system",
-                    "x-hub-signature-256": events.signature(SECRET, body.encode())},
+                    "x-hub-signature-256": events.signature(HOOK_SECRET, body.encode())},
         "requestContext": {
             "accountId": "123456789012", "apiId": "abc123", "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
             "domainPrefix": "abc123", "http": {"method": "POST", "path": path, "protocol": "HTTP/1.1",
@@ -538,7 +539,7 @@ def main():
     ddb, endpoint = start_dynamodb()
     github = GitHubStandIn().start()
     hook = Hook().start()
-    env = {"GITHUB_WEBHOOK_SECRET": SECRET, "GITHUB_TOKEN": "ghp_bench", "GITHUB_API_URL": github.url,
+    env = {"GITHUB_WEBHOOK_SECRET": SECRET, "HOOK_SIGNING_SECRET": HOOK_SECRET, "GITHUB_TOKEN": "ghp_bench", "GITHUB_API_URL": github.url,
            "DEPLOYMENTS_TABLE": TABLE, "AWS_ENDPOINT_URL_DYNAMODB": endpoint,
            "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(MEMORY_MB), "AWS_LAMBDA_LOG_LEVEL": "WARN"}

@@ -83,6 +83,7 @@ def main():
     problems = []
     sentinels = {
         "GITHUB_WEBHOOK_SECRET": f"sentinel-webhook-secret-{secrets.token_hex(8)}",
+        "HOOK_SIGNING_SECRET": f"sentinel-hook-secret-{secrets.token_hex(8)}",
         "GITHUB_TOKEN": f"ghp_SENTINELtoken{secrets.token_hex(8)}",
         "AWS_SECRET_ACCESS_KEY": f"sentinel-aws-secret-{secrets.token_hex(8)}",
     }
@@ -93,6 +94,7 @@ def main():
         "# sentinel settings written by tools/check_watch_secrets.py",
         f"GITHUB_WEBHOOK_SECRET={sentinels['GITHUB_WEBHOOK_SECRET']},sample-webhook-secret",
         f"GITHUB_TOKEN={sentinels['GITHUB_TOKEN']}",
+        f"HOOK_SIGNING_SECRET={sentinels['HOOK_SIGNING_SECRET']}",
         f"GITHUB_API_URL=http://127.0.0.1:{gh}",
         "DEPLOYMENTS_TABLE=deploy-webhook-secrets-check",
         'DEPLOY_RULES="@default=production"',

@@ -11,7 +11,8 @@ what the README promises. Everything it starts is stopped at the end.
 `demo.py --app` (`make run APP=1`): the same flow with the function authenticating as a GitHub
 App (GITHUB_APP_ID + GITHUB_APP_PRIVATE_KEY, an RSA key generated for this run and never
 written to disk), against a stand-in that verifies the App JWT and hands out installation tokens;
-then one token per installation (a second installation looked up by repository), and a merged-PR
+then one token per installation and repository, scoped to that repository and to the function's
+permissions (a second installation looked up by repository), and a merged-PR
 delivery answered 503 during a DynamoDB outage, redelivered by the scheduled sweep, deployed once.
 
 Both modes end with the comment commands on `production`: `.lock` by alice, a refused `.unlock`
@@ -41,6 +42,9 @@ from loopback_server import QuietThreadingHTTPServer  # noqa: E402
 
 TABLE = "deploy-webhook-local"
 SECRET = events.SAMPLE_SECRET
+# The deploy hooks' own secret (HOOK_SIGNING_SECRET): the hook stand-in verifies calls and signs
+# its callbacks with it; the webhook secret is never given to it.
+HOOK_SECRET = "sample-hook-secret"
 BINARY = ROOT / "target" / "release" / "deploy-webhook"
 BOLD, DIM, GREEN, RED, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m") if sys.stdout.isatty() \
     else ("", "", "", "", "")
@@ -48,6 +52,13 @@ BOLD, DIM, GREEN, RED, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\
 failures = []
 
 APP_MODE = "--app" in sys.argv[1:]
+# --iam: the local DynamoDB enforces IAM and the function runs with a role that has exactly the
+# policy template.yaml grants (tools/iam_check.py); any AccessDenied fails the run.
+IAM_MODE = "--iam" in sys.argv[1:]
+# The demo's own reads of the table (the final state): an admin's keys once IAM is enforced.
+READER = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
+# --binary PATH: another build of the function (make iam-check uses the debug one cargo test built).
+BINARY = Path(sys.argv[sys.argv.index("--binary") + 1]).resolve() if "--binary" in sys.argv[1:-1] else BINARY
 APP_ID = 424242
 # The App's installations as the stand-in knows them: the sample repository's installation (its
 # id is in the sample payloads) and a second one whose deliveries carry no installation id.
@@ -103,8 +114,7 @@ def start_dynamodb(log):
 
 def print_table(endpoint):
     import boto3
-    client = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="local", aws_secret_access_key="local")
+    client = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1", **READER)
     items = client.scan(TableName=TABLE, ConsistentRead=True)["Items"]
     print(f"\n{BOLD}DynamoDB table {TABLE}: {len(items)} items{RESET}")
     plain = [{k: list(v.values())[0] for k, v in item.items()} for item in items]
@@ -282,7 +292,8 @@ def deployment_event_now(github, deployment_id):
 
 def command(fn, github, text, author, expect_word, reactions, reply_start):
     """Sends `text` as a new comment by `author`; checks the answer, the reactions to that
-    comment and the start of the bot's one reply. Returns (answer, reply)."""
+    comment and the start of the bot's one reply (`reply_start` None: no reply at all). Returns
+    (answer, reply)."""
     comment_id, event = comment_event(text, author)
     replies_before = len(github.comments)
     body = send(fn, f"comment by @{author}: {text}", event, 200, expect_word)
@@ -295,7 +306,10 @@ def command(fn, github, text, author, expect_word, reactions, reply_start):
             print(f"                   {line}")
     if got != reactions:
         failures.append(f"{text!r}: reactions {got}, expected {reactions}")
-    if len(replies) != 1 or not replies[0].startswith(reply_start):
+    if reply_start is None:
+        if replies:
+            failures.append(f"{text!r}: replies {replies}, expected none")
+    elif len(replies) != 1 or not replies[0].startswith(reply_start):
         failures.append(f"{text!r}: replies {replies}, expected one starting with {reply_start!r}")
     return body, (replies[0] if replies else ""), event
 
@@ -319,7 +333,8 @@ def commands_flow(fn, github):
     replies_from = len(github.comments)
 
     command(fn, github, ".lock production db migration", "alice", "processed", ["eyes"], "🔒")
-    command(fn, github, ".unlock production", "mallory", "refused", ["confused"], "@mallory needs write or admin")
+    # Someone without permission: one 😕 and nothing else (no reply, nothing stored).
+    command(fn, github, ".unlock production", "mallory", "refused", ["confused"], None)
 
     sha = "51" * 20
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -529,7 +544,13 @@ def app_flow(fn, github, endpoint, fn_log):
     for installation, n in counts.items():
         print(f"  installation {installation} ({', '.join(INSTALLATIONS[installation])}): {n} token request(s)")
     if counts != {i: 1 for i in INSTALLATIONS}:
-        failures.append(f"installation tokens requested {counts}, expected one per installation")
+        failures.append(f"installation tokens requested {counts}, expected one per installation (one repository each)")
+    for scope in github.token_scopes:
+        names = [r.split("/", 1)[1] for r in INSTALLATIONS[scope["installation"]]]
+        print(f"  {DIM}token for installation {scope['installation']}: repositories {scope['repositories']}, "
+              f"permissions {scope['permissions']}{RESET}")
+        if scope["repositories"] != names[:1] or not scope["permissions"]:
+            failures.append(f"an installation token was not scoped to its repository and permissions: {scope}")
     refused = [c for c in github.calls if c["status"] in (401, 403)]
     if refused:
         failures.append(f"the stand-in refused the function's credentials: {refused}")
@@ -543,6 +564,20 @@ def main():
     ddb_log = open(run_dir / "dynamodb.log", "wb")
     fn_log = open(run_dir / "function.log", "wb")
     ddb, endpoint = start_dynamodb(ddb_log)
+    aws_credentials = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
+    if IAM_MODE:
+        import iam_check
+        roles, admin = iam_check.setup(endpoint, TABLE)
+        READER.update(admin)
+        problems = iam_check.probe(endpoint, TABLE, roles)
+        failures.extend(problems)
+        role = roles["template"]
+        aws_credentials = {"AWS_ACCESS_KEY_ID": role["aws_access_key_id"],
+                           "AWS_SECRET_ACCESS_KEY": role["aws_secret_access_key"],
+                           "AWS_SESSION_TOKEN": role["aws_session_token"]}
+        print(f"{BOLD}IAM enforced{RESET} by the local DynamoDB: the function runs as a role with exactly "
+              f"template.yaml's policy (Get/Put/UpdateItem on the table, Query on its due index)"
+              + (f"; {RED}probe failed: {problems}{RESET}" if problems else ""))
     if APP_MODE:
         from github_standin import StandInApp
         pem, public_key = app_key_pair()
@@ -553,9 +588,10 @@ def main():
     else:
         github = GitHubStandIn(on_call=show_call).start()
         credentials = {"GITHUB_TOKEN": "ghp_local_demo_token"}
-    hook = HookStandIn(secret=SECRET, on_line=lambda line: print(f"      {DIM}hook: {line}{RESET}")).start()
+    hook = HookStandIn(secret=HOOK_SECRET, on_line=lambda line: print(f"      {DIM}hook: {line}{RESET}")).start()
     fn = LocalLambda([str(BINARY)], env={
         "GITHUB_WEBHOOK_SECRET": SECRET,
+        "HOOK_SIGNING_SECRET": HOOK_SECRET,
         **credentials,
         "GITHUB_API_URL": github.url,
         "DEPLOYMENTS_TABLE": TABLE,
@@ -565,7 +601,7 @@ def main():
         "DEPLOY_HOOK_URL_QA": f"{hook.url}/never",
         "DEPLOY_TIMEOUT_MINUTES_QA": "0.05",
         "AWS_ENDPOINT_URL_DYNAMODB": endpoint,
-        "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
+        **aws_credentials,
         "AWS_LAMBDA_LOG_FORMAT": "JSON", "AWS_LAMBDA_LOG_LEVEL": "INFO",
     }, log=fn_log)
     api = LocalApi(fn).start()
@@ -637,6 +673,11 @@ def main():
         ddb.terminate()
         ddb.wait()
     print(f"\nFunction logs (JSON): {fn_log.name}")
+    if IAM_MODE:
+        log_text = Path(fn_log.name).read_text(errors="replace")
+        if "AccessDenied" in log_text or "not authorized to perform" in log_text:
+            failures.append("the function was refused an AWS call under the template's policy (AccessDenied in "
+                            f"{fn_log.name})")
     if failures:
         print(f"{RED}{BOLD}FAILED{RESET}:\n  " + "\n  ".join(failures))
         return 1

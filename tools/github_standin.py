@@ -171,6 +171,7 @@ class GitHubStandIn:
             self.ids = itertools.count(1000)
             self.tokens = {}             # token -> {"installation", "expires_at"} (App mode)
             self.token_requests = []     # installation ids, one per token issued
+            self.token_scopes = []       # {"installation", "repositories", "permissions"} asked, per token
             self.hook_deliveries = []    # the App webhook's delivery attempts, GitHub's shape
             self.redeliveries = []       # delivery ids whose redelivery was asked for
             self.delivery_ids = itertools.count(90000001)
@@ -287,6 +288,8 @@ class GitHubStandIn:
                     return 401, "Bad credentials (the installation token expired)"
                 if repo not in gh.installations.get(issued["installation"], []):
                     return 403, "Resource not accessible by integration"
+                if issued["repositories"] is not None and repo.split("/", 1)[1] not in issued["repositories"]:
+                    return 403, "Resource not accessible by integration (the token is for other repositories)"
                 return None
 
             def _app_get(self, url, query):
@@ -333,8 +336,14 @@ class GitHubStandIn:
                     if installation not in gh.installations:
                         return self._reply(404, {"message": "Not Found"}, body)
                     token, expires_at = f"ghs_{secrets.token_hex(18)}", int(time.time()) + TOKEN_LIFETIME_S
+                    # A token asked for some repositories (by name) reaches only those, as GitHub's.
+                    names = (body or {}).get("repositories") if isinstance(body, dict) else None
                     with gh.lock:
-                        gh.tokens[token] = {"installation": installation, "expires_at": expires_at}
+                        gh.tokens[token] = {"installation": installation, "expires_at": expires_at,
+                                            "repositories": names}
+                        gh.token_scopes.append({"installation": installation, "repositories": names,
+                                                "permissions": (body or {}).get("permissions")
+                                                if isinstance(body, dict) else None})
                         gh.token_requests.append(installation)
                     return self._reply(201, {"token": token, "expires_at": iso(expires_at),
                                              "permissions": {"checks": "read", "deployments": "write",

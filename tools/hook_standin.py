@@ -4,8 +4,9 @@ signed deploy calls the ways a real deploy system can, and reports back on the c
 
 The function POSTs JSON {"deployment_id", "repository", "environment", "ref", "sha", "task",
 "creator", "payload", "delivery_id", "callback_url", "deadline"} with
-X-Hub-Signature-256: sha256=<HMAC-SHA256 of the raw body with the webhook secret>. A call whose
-signature matches none of the secrets (a comma-separated list, as GITHUB_WEBHOOK_SECRET) gets 401.
+X-Hub-Signature-256: sha256=<HMAC-SHA256 of the raw body with the hook secret, HOOK_SIGNING_SECRET;
+never the webhook secret>. A call whose signature matches none of the secrets (a comma-separated
+list, as HOOK_SIGNING_SECRET) gets 401.
 
     POST /sync          200 {"description": "Deployed <sha7> to <env>", "log_url": ".../logs/<id>"}
     POST /fail          500 {"description": "deploy failed"}
@@ -21,7 +22,7 @@ signature matches none of the secrets (a comma-separated list, as GITHUB_WEBHOOK
 One line per call and per callback goes to stdout; the secret is never printed.
 
     hook = HookStandIn(secret="s", on_line=print).start(); hook.url; hook.calls; hook.stop()
-    hook_standin.py [--port 8791] [--secret S]   (else $GITHUB_WEBHOOK_SECRET; --port 0 prints
+    hook_standin.py [--port 8791] [--secret S]   (else $HOOK_SIGNING_SECRET; --port 0 prints
                                                  "PORT <n>" as its first line)
 Only the Python standard library is used.
 """
@@ -58,7 +59,7 @@ class HookStandIn:
     def __init__(self, secret, port=0, on_line=None):
         self.secrets = secrets_of(secret)
         if not self.secrets:
-            raise ValueError("the hook stand-in needs the webhook secret (--secret or $GITHUB_WEBHOOK_SECRET)")
+            raise ValueError("the hook stand-in needs the hook secret (--secret or $HOOK_SIGNING_SECRET)")
         self.port = port
         self.on_line = on_line or (lambda line: None)
         self.lock = threading.Lock()
@@ -203,10 +204,10 @@ class HookStandIn:
 def main():
     parser = argparse.ArgumentParser(description="deploy-hook stand-in (sync, failing, async and silent hooks)")
     parser.add_argument("--port", type=int, default=8791, help="0 picks a free port and prints PORT <n> first")
-    parser.add_argument("--secret", help="webhook secret(s), comma-separated; default $GITHUB_WEBHOOK_SECRET")
+    parser.add_argument("--secret", help="hook secret(s), comma-separated; default $HOOK_SIGNING_SECRET")
     args = parser.parse_args()
     try:
-        hook = HookStandIn(args.secret or os.environ.get("GITHUB_WEBHOOK_SECRET"), port=args.port,
+        hook = HookStandIn(args.secret or os.environ.get("HOOK_SIGNING_SECRET"), port=args.port,
                            on_line=lambda line: print(f"hook {line}", flush=True)).start()
     except (ValueError, OSError) as err:
         sys.exit(f"hook stand-in: {err}")

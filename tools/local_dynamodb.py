@@ -12,6 +12,11 @@ What it adds to moto:
                                omitted) fail that way, for fault-injection tests.
   * --exit-with-parent         exits when its stdin closes, so a test process that dies never
                                leaves a server behind.
+  * IAM, when enforced (POST /moto-api/reset-auth, see tools/iam_check.py): moto 5.2 authorizes
+    every DynamoDB request against the resource "*", so a policy scoped to a table would be
+    refused. Here a request is authorized against the ARN it acts on, as DynamoDB does: the
+    table's, or its index's for a Query or Scan with an IndexName. (moto still evaluates no
+    Condition, no NotResource, and no per-item actions of Batch*/Transact* requests.)
 
 Tables are created as template.yaml creates DeploymentsTable: pk/sk, TTL on expires_at, and the
 global secondary index `due` (due_pk S, due_at N, projection ALL).
@@ -34,8 +39,30 @@ for key, value in {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local
     os.environ.setdefault(key, value)
 
 
+def authorize_against_the_real_arn():
+    """Makes moto's DynamoDB handler name the table (or index) ARN a request acts on."""
+    from moto.dynamodb.responses import DynamoHandler
+
+    def determine_resource(self):
+        try:
+            body = json.loads(self.body) if isinstance(self.body, (str, bytes)) else dict(self.body or {})
+        except ValueError:
+            return "*"
+        table = body.get("TableName")
+        if not table:
+            return "*"
+        arn = f"arn:aws:dynamodb:{self.region}:{self.current_account}:table/{table}"
+        if body.get("IndexName"):
+            arn += f"/index/{body['IndexName']}"
+        return arn
+
+    DynamoHandler._determine_resource = determine_resource
+
+
 def make_app():
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    authorize_against_the_real_arn()
 
     moto_app = DomainDispatcherApplication(create_backend_app)
     lock = threading.Lock()

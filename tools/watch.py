@@ -173,10 +173,17 @@ def plan(variables, env_file, watch_port):
             elif port:
                 hook_ports.setdefault(port, key)
     for port, key in sorted(hook_ports.items()):
+        # The hook's own secret (HOOK_SIGNING_SECRET_<ENV>, else HOOK_SIGNING_SECRET), never the
+        # webhook secret: the function signs the calls, and verifies the callbacks, with it.
+        secret_key = "HOOK_SIGNING_SECRET" + key[len("DEPLOY_HOOK_URL"):]
+        secret = variables.get(secret_key) or variables.get("HOOK_SIGNING_SECRET", "")
+        if not secret:
+            problems.append(f"{key} is set but neither {secret_key} nor HOOK_SIGNING_SECRET is: the function "
+                            "signs hook calls and verifies callbacks with it (see .env.example)")
         services.append({"name": "deploy-hook stand-in", "key": key, "port": port,
                          "argv": [py, "tools/hook_standin.py", "--port", str(port)],
                          # the secret goes in the environment, never on a command line (ps shows those)
-                         "env": {"GITHUB_WEBHOOK_SECRET": variables.get("GITHUB_WEBHOOK_SECRET", "")}})
+                         "env": {"HOOK_SIGNING_SECRET": secret}})
 
     public = variables.get("PUBLIC_URL")
     if public and loopback_port(public) not in (None, watch_port):

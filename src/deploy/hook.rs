@@ -23,7 +23,7 @@ use crate::domain::Deadline;
 use crate::domain::ports::{Announcement, DeployAction, HookAnswer, HookCall};
 use crate::domain::runs::RunResult;
 use crate::domain::types::{DeploymentState, Environment};
-use crate::http::signature::WebhookSecrets;
+use crate::http::signature::HookSecrets;
 
 /// Where each environment deploys to and is served from.
 #[derive(Clone, Debug, Default)]
@@ -33,6 +33,10 @@ pub struct DeployTargets {
     pub hooks: HashMap<String, String>,
     pub default_environment_url: Option<String>,
     pub environment_urls: HashMap<String, String>,
+    /// Setting suffixes of the environments named in `DEPLOY_RULES` or
+    /// `BRANCH_DEPLOY_ENVIRONMENTS`: those are managed under their exact names, never also
+    /// under a hook's suffix.
+    pub named: std::collections::HashSet<String>,
 }
 
 impl DeployTargets {
@@ -51,7 +55,7 @@ impl DeployTargets {
 pub struct HookDeployer {
     http: Client,
     targets: DeployTargets,
-    secrets: WebhookSecrets,
+    secrets: HookSecrets,
     timeout: Duration,
     slack: SlackTargets,
     html_url: String,
@@ -62,7 +66,8 @@ const AFTER_HOOK_RESERVE: Duration = Duration::from_millis(1500);
 
 impl HookDeployer {
     /// `http` is the process's shared client ([`crate::github::client::http_client`]).
-    pub fn new(http: Client, targets: DeployTargets, secrets: WebhookSecrets, timeout: Duration) -> Self {
+    /// `secrets`: the hooks' own (`HOOK_SIGNING_SECRET[_<ENV>]`), never the webhook secret.
+    pub fn new(http: Client, targets: DeployTargets, secrets: HookSecrets, timeout: Duration) -> Self {
         Self { http, targets, secrets, timeout, slack: SlackTargets::default(), html_url: "https://github.com".into() }
     }
 
@@ -109,8 +114,16 @@ impl DeployAction for HookDeployer {
         }
     }
 
+    /// An environment managed only through its own `DEPLOY_HOOK_URL_<SUFFIX>` has exactly one
+    /// name: the suffix lower-cased (`DEPLOY_HOOK_URL_STAGING_EU` → `staging_eu`). Other spellings
+    /// with the same suffix (`STAGING_EU`, `Staging.EU`, `staging/eu`) would be other environments
+    /// for runs, queues and locks while sharing one hook, so they are not managed; an environment
+    /// named in `DEPLOY_RULES` or `BRANCH_DEPLOY_ENVIRONMENTS` is managed under that exact name.
     fn configured_for(&self, environment: &Environment) -> bool {
-        self.targets.hooks.contains_key(&environment.env_var_suffix())
+        let suffix = environment.env_var_suffix();
+        self.targets.hooks.contains_key(&suffix)
+            && !self.targets.named.contains(&suffix)
+            && environment.as_str() == suffix.to_ascii_lowercase()
     }
 
     fn environment_url(&self, environment: &Environment) -> Option<String> {
@@ -123,6 +136,11 @@ impl DeployAction for HookDeployer {
         let deployed = format!("Deployed {} to {}", d.sha.short(), call.environment);
         let Some(url) = self.targets.hook_for(call.environment) else {
             return finished(DeploymentState::Success, deployed, HookAnswerBody::default(), environment_url);
+        };
+        // Config makes sure an environment with a hook has a secret; without one, no unsigned call.
+        let Some(secrets) = self.secrets.for_environment(call.environment) else {
+            warn!(deployment_id = %d.id, "no hook signing secret for this environment; the hook is not called");
+            return finished(DeploymentState::Failure, "No hook signing secret".to_owned(), Default::default(), None);
         };
         let deadline_iso = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(call.deadline_ms));
         let body = json!({
@@ -144,7 +162,7 @@ impl DeployAction for HookDeployer {
             .post(url)
             .timeout(self.wait_for(deadline))
             .header("Content-Type", "application/json")
-            .header("X-Hub-Signature-256", self.secrets.sign(body.as_bytes()))
+            .header("X-Hub-Signature-256", secrets.sign(body.as_bytes()))
             .header("X-GitHub-Delivery", d.delivery.as_str())
             .body(body)
             .send()

@@ -14,7 +14,9 @@ use tracing::{debug, warn};
 
 use super::deadline::Deadline;
 use super::event::CommentCommand;
-use super::ports::{Claim, Clock, CreationRecord, DeployAction, EnvKey, GitHub, Lease, NewDeployment, Store};
+use super::ports::{
+    Claim, Clock, CreationRecord, DeployAction, EnvKey, GitHub, Lease, NewDeployment, Permission, Store,
+};
 use super::runs::{DESCRIPTION_LIMIT, Phase, Trigger, Verdict};
 use super::service::{Outcome, Service, ServiceError};
 use super::types::{DeliveryId, DeploymentId, Environment, Sha, truncate_chars};
@@ -47,6 +49,19 @@ pub enum Command {
     Unknown,
 }
 
+/// The words that make a comment a command: its first line's first word must be one of them,
+/// exactly (`...`, `.NET rocks` or `.helpme` are not commands and cost nothing).
+pub const COMMAND_WORDS: [&str; 6] = [".deploy", ".rollback", ".lock", ".unlock", ".status", ".help"];
+
+/// Whether a comment's first line is a command: its first word is exactly a command word.
+pub fn is_command(line: &str) -> bool {
+    line.split_whitespace().next().is_some_and(|word| COMMAND_WORDS.contains(&word))
+}
+
+/// Bot writes (reactions) a commenter without permission can cause per hour, across every
+/// instance: the count is kept in DynamoDB.
+pub const REFUSED_WRITES_PER_HOUR: u32 = 3;
+
 impl Command {
     pub fn parse(line: &str) -> Self {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -78,12 +93,13 @@ impl Command {
 /// markdown, at most 100 characters.
 pub fn escape(text: &str) -> String {
     let mut out = String::new();
-    for c in text.chars().filter(|c| !c.is_control()).take(100) {
+    for c in text.chars().filter(|c| !c.is_control() && !is_format(*c)).take(100) {
         match c {
             // A zero-width space after `@` keeps GitHub from reading a mention.
             '@' => out.push_str("@\u{200b}"),
+            // `&` could start an HTML entity (`&#64;` is an `@`); `$` starts GitHub's math.
             '\\' | '`' | '*' | '_' | '[' | ']' | '(' | ')' | '<' | '>' | '#' | '|' | '~' | '!' | '{' | '}' | '+'
-            | '-' | '.' | ':' => {
+            | '-' | '.' | ':' | '&' | '$' => {
                 out.push('\\');
                 out.push(c);
             }
@@ -93,10 +109,23 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+/// Unicode format characters (category Cf) that change how text around them reads without
+/// showing themselves: bidirectional overrides and isolates (U+202A–U+202E, U+2066–U+2069), marks
+/// (U+200E, U+200F, U+061C), zero-width characters (U+200B–U+200D, U+2060–U+2064, U+FEFF), the
+/// soft hyphen, tags (U+E0000 block) and the interlinear annotations (U+FFF9–U+FFFB).
+fn is_format(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{E0000}'..='\u{E007F}')
+}
+
 /// A GitHub login as it may appear in a reply (GitHub's own characters only).
 fn login(user: &str) -> String {
     user.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(39).collect()
 }
+
+const HOUR_MS: u64 = 60 * 60 * 1000;
 
 pub const HELP: &str = "**deploy-webhook commands** (the first line of a comment):\n\
 - `.deploy to <environment>`: deploy this pull request's head commit (a branch deploy)\n\
@@ -134,6 +163,22 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         cmd: &CommentCommand,
         deadline: Deadline,
     ) -> Result<Outcome, ServiceError> {
+        // A comment handled before is answered from its record: nothing asked of GitHub.
+        if let Some(recorded) = self.store.comment_outcome(&cmd.repo, cmd.comment_id).await? {
+            return Ok(Outcome::Command { comment_id: cmd.comment_id, result: CommandResult::Duplicate(recorded) });
+        }
+        // Permission next: a read. Nothing is written (no claim, no reply) for someone who may
+        // not run commands: at most one 😕, within a per-user hourly budget kept in DynamoDB.
+        let permission = self.github.permission(&cmd.repo, &cmd.author, deadline).await?;
+        if !self.may_command(&permission) {
+            let hour = self.clock.now_ms() / HOUR_MS;
+            if self.store.count_user_write(&cmd.author, hour, REFUSED_WRITES_PER_HOUR).await? {
+                self.github.react(&cmd.repo, cmd.comment_id, "confused", deadline).await?;
+            } else {
+                debug!(comment_id = cmd.comment_id, "refused commenter over the hourly budget: no reaction");
+            }
+            return Ok(Outcome::Command { comment_id: cmd.comment_id, result: CommandResult::Refused });
+        }
         let lease = match self.store.claim_comment(&cmd.repo, cmd.comment_id, delivery, self.settings.lease).await? {
             Claim::Acquired(lease, ()) => lease,
             Claim::Done(recorded) => {
@@ -159,6 +204,20 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         }
     }
 
+    /// Whether the commenter's access is one of `CHATOPS_PERMISSIONS`. GitHub's `permission`
+    /// reports `maintain` as `write` and `triage` as `read`; `role_name` is the real role. A
+    /// `maintain` role also counts as `write`.
+    fn may_command(&self, permission: &Permission) -> bool {
+        let listed = |p: &str| self.settings.chatops_permissions.iter().any(|a| a == p);
+        let role_ok = permission.role.as_deref().is_some_and(|r| listed(r) || (r == "maintain" && listed("write")));
+        // The legacy field, for roles GitHub does not name (custom roles): admin, write or read.
+        let legacy_ok = match permission.role.as_deref() {
+            Some("admin" | "maintain" | "write" | "triage" | "read") => false,
+            _ => listed(&permission.permission),
+        };
+        role_ok || legacy_ok
+    }
+
     async fn refuse(&self, cmd: &CommentCommand, why: &str, deadline: Deadline) -> Result<CommandResult, ServiceError> {
         self.github.react(&cmd.repo, cmd.comment_id, "confused", deadline).await?;
         self.github.comment(&cmd.repo, cmd.issue, why, deadline).await?;
@@ -178,21 +237,6 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             return Ok(CommandResult::Replied);
         }
         let who = login(&cmd.author);
-        let permission = self.github.permission(&cmd.repo, &cmd.author, deadline).await?;
-        let allowed = |p: &str| {
-            let p = if p == "maintain" { "write" } else { p };
-            self.settings.chatops_permissions.iter().any(|a| a == p)
-        };
-        if !allowed(&permission.permission) && !permission.role.as_deref().is_some_and(allowed) {
-            let needs = self.settings.chatops_permissions.join(" or ");
-            return self
-                .refuse(
-                    cmd,
-                    &format!("@{who} needs {needs} permission on this repository to run deploy-webhook commands."),
-                    deadline,
-                )
-                .await;
-        }
         let environment = match command.environment() {
             None => None,
             Some(raw) => match Environment::parse(raw).ok().filter(|e| self.manages(e)) {
@@ -467,6 +511,10 @@ mod tests {
             }
         }
         assert_eq!(escape(&"a".repeat(500)).len(), 100);
+        // Entities, math and invisible reordering are neutralised too.
+        assert_eq!(escape("&#64;team $x$"), "\\&\\#64;team \\$x\\$");
+        let bidi = "safe\u{202E}txt.exe\u{2066}x\u{200B}y\u{FEFF}\u{E0041}";
+        assert_eq!(escape(bidi), "safetxt\\.exexy");
         assert_eq!(login("bob<script>"), "bobscript");
     }
 }

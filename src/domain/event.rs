@@ -81,6 +81,8 @@ pub struct DeploymentCreated {
     pub task: String,
     pub environment: Environment,
     pub creator: Option<String>,
+    /// `performed_via_github_app.id`: the App whose token created it, if one did.
+    pub created_via_app: Option<u64>,
     pub description: Option<String>,
     pub created_at: Option<String>,
     /// The deployment's `payload` as GitHub sent it (an object, or a string for old clients).

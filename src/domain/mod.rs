@@ -8,6 +8,7 @@ pub mod event;
 pub mod gates;
 pub mod ports;
 pub mod redelivery;
+pub mod requester;
 pub mod rules;
 pub mod runner;
 pub mod runs;

@@ -176,6 +176,30 @@ pub trait Store: Send + Sync {
         lease: &Lease,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// The recorded outcome of a comment command already done, if any: a read, so that a
+    /// redelivered comment is answered `duplicate` before anything is asked of GitHub. A store
+    /// that cannot tell answers `None` (the claim still dedupes).
+    fn comment_outcome(
+        &self,
+        _repo: &RepoFullName,
+        _comment_id: u64,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send {
+        async { Ok(None) }
+    }
+
+    /// Counts one bot write caused by `user` in `hour` (hours since the epoch) if fewer than
+    /// `limit` were counted: `true` when counted (the write may go ahead), `false` when the
+    /// budget is spent. The count holds across instances; it is forgotten (TTL) after the hour.
+    /// A store that cannot count refuses, so that nothing is written unbounded.
+    fn count_user_write(
+        &self,
+        _user: &str,
+        _hour: u64,
+        _limit: u32,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        async { Err(StoreError::Unavailable("this store keeps no write budget".to_owned())) }
+    }
+
     /// The merges that wait for checks on `sha`.
     fn load_checks_wait(
         &self,
@@ -381,6 +405,19 @@ pub trait GitHub: Send + Sync {
 
     /// A delivery named the GitHub App installation of `repo`: later calls for it use it.
     fn remember_installation(&self, _repo: &RepoFullName, _installation: u64) {}
+
+    /// Whether a deployment with this `creator` (login) and `via_app` (`performed_via_github_app`)
+    /// was created by this deployer's own credentials: in App mode, its App; with a token, the
+    /// token's user. Only then does its payload's requester count. Unknown: `false`.
+    fn created_by_us(
+        &self,
+        _repo: &RepoFullName,
+        _creator: Option<&str>,
+        _via_app: Option<u64>,
+        _deadline: Deadline,
+    ) -> impl Future<Output = Result<bool, GitHubError>> + Send {
+        async { Ok(false) }
+    }
 
     /// The attempts delivered to `hook` since `since` (RFC 3339), newest first.
     fn list_hook_deliveries(

@@ -63,7 +63,8 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         deadline: Deadline,
     ) -> Result<Outcome, ServiceError> {
         let key = EnvKey { repo: d.repo.clone(), environment: d.environment.clone() };
-        let to_run = self.to_run(delivery, d, callback_base);
+        let trusted = self.requester_trusted(d, deadline).await;
+        let to_run = self.to_run(delivery, d, callback_base, trusted);
         let trigger = Trigger::Arrived(to_run);
         let wait_until = Deadline::after(deadline.cap(self.settings.busy_wait));
         let (verdict, current) = loop {
@@ -188,7 +189,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         trigger: &Trigger,
         deadline: Deadline,
     ) -> Result<(Verdict, Versioned), ServiceError> {
-        let me = Holder::new();
+        let me = Holder::new()?;
         let (verdict, mut current) = self.transition(key, known, trigger, &me).await?;
         if current.state.holds_lease(me.token()) {
             current = self.drive(key, current, &me, deadline).await?;
@@ -496,7 +497,14 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         }
     }
 
-    fn to_run(&self, delivery: &DeliveryId, d: &DeploymentCreated, callback_base: Option<&str>) -> DeploymentToRun {
+    /// `trusted`: see [`Self::requester_trusted`]; otherwise the requester is the creator.
+    fn to_run(
+        &self,
+        delivery: &DeliveryId,
+        d: &DeploymentCreated,
+        callback_base: Option<&str>,
+        trusted: bool,
+    ) -> DeploymentToRun {
         let merged_at = d
             .payload
             .pointer("/deploy_webhook/merged_at")
@@ -515,8 +523,11 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             callback_base: callback_base.map(str::to_owned),
             delivery: delivery.as_str().to_owned(),
             arrived_ms: self.clock.now_ms(),
-            requester: text_at(&d.payload, "/deploy_webhook/requested_by")
-                .or_else(|| text_at(&d.payload, "/deploy_user"))
+            requester: trusted
+                .then(|| {
+                    text_at(&d.payload, "/deploy_webhook/requested_by").or_else(|| text_at(&d.payload, "/deploy_user"))
+                })
+                .flatten()
                 .or_else(|| d.creator.clone()),
             pr: d.payload.pointer("/pull_request/number").and_then(|v| v.as_u64()),
         }
@@ -579,8 +590,12 @@ struct Holder {
 }
 
 impl Holder {
-    fn new() -> Self {
-        Self { token: hex::encode(random_bytes::<8>()), secret: hex::encode(random_bytes::<16>()) }
+    /// Fails (the request fails, and is retried) when the OS random source fails: a callback
+    /// secret is never made from a weaker one.
+    fn new() -> Result<Self, ServiceError> {
+        let token = random_bytes::<8>(getrandom::fill).ok_or(ServiceError::NoRandomness)?;
+        let secret = random_bytes::<16>(getrandom::fill).ok_or(ServiceError::NoRandomness)?;
+        Ok(Self { token: hex::encode(token), secret: hex::encode(secret) })
     }
 
     fn token(&self) -> &str {
@@ -592,14 +607,16 @@ impl Holder {
     }
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+/// `N` bytes from `fill` (the OS source); `None` if it fails: there is no weaker fallback.
+fn random_bytes<const N: usize>(fill: impl FnOnce(&mut [u8]) -> Result<(), getrandom::Error>) -> Option<[u8; N]> {
     let mut bytes = [0u8; N];
-    if getrandom::fill(&mut bytes).is_err() {
-        // The OS source failing is not something to go on without for a secret.
-        bytes.iter_mut().for_each(|b| *b = fastrand::u8(..));
-        warn!("the OS random source failed; used a weaker one");
+    match fill(&mut bytes) {
+        Ok(()) => Some(bytes),
+        Err(err) => {
+            warn!(error = %err, "the OS random source failed; the request fails rather than use a weaker one");
+            None
+        }
     }
-    bytes
 }
 
 /// A run's callback token: `<locator>.<secret>`. The locator (base64url of repository,
@@ -655,5 +672,22 @@ impl CallbackToken {
     pub fn hash(&self) -> String {
         let secret = self.raw.rsplit_once('.').map_or("", |(_, s)| s);
         runs::secret_hash(secret)
+    }
+}
+
+#[cfg(test)]
+mod random_tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_os_random_source_gives_no_bytes_rather_than_weaker_ones() {
+        let failing = |_: &mut [u8]| Err(getrandom::Error::UNSUPPORTED);
+        assert_eq!(random_bytes::<16>(failing), None);
+        let filled = random_bytes::<16>(|b: &mut [u8]| {
+            b.fill(7);
+            Ok(())
+        });
+        assert_eq!(filled, Some([7; 16]));
+        assert!(Holder::new().is_ok());
     }
 }

@@ -224,6 +224,9 @@ pub enum ServiceError {
     /// A callback whose token names no run.
     #[error("no run has this callback token")]
     UnknownRun,
+    /// The OS random source failed: no lease or callback secret can be made.
+    #[error("the OS random source failed")]
+    NoRandomness,
 }
 
 pub struct Service<S, G, D, C = SystemClock> {

@@ -59,15 +59,16 @@ string_newtype!(
 );
 impl RepoFullName {
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        // `.` and `..` would be path segments, not names, in an API URL: never for owner or name.
         let ok_part = |p: &str| {
             !p.is_empty()
                 && p.len() <= 100
+                && p != "."
+                && p != ".."
                 && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         };
         match raw.split_once('/') {
-            Some((owner, name)) if ok_part(owner) && ok_part(name) && name != "." && name != ".." => {
-                Ok(Self(raw.to_owned()))
-            }
+            Some((owner, name)) if ok_part(owner) && ok_part(name) => Ok(Self(raw.to_owned())),
             _ => Err(invalid("repository.full_name", "must be owner/name")),
         }
     }
@@ -226,7 +227,7 @@ mod tests {
     fn repo_names_are_checked_and_keyed_case_insensitively() {
         let repo = RepoFullName::parse("Octo-Org/Hello.World").unwrap();
         assert_eq!(repo.key(), "octo-org/hello.world");
-        for bad in ["", "nobody", "a/b/c", "/x", "x/", "a/..", "a b/c"] {
+        for bad in ["", "nobody", "a/b/c", "/x", "x/", "a/..", "a/.", "../b", "./b", "a b/c"] {
             assert!(RepoFullName::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -12,7 +12,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
 use reqwest::{Client, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::domain::Deadline;
 use crate::domain::ports::{Clock, GitHubError};
@@ -67,6 +67,17 @@ impl AppCredentials {
     }
 }
 
+/// The permissions an installation token is asked for: exactly what the function's calls need
+/// (github-app-manifest.json's), never more than the installation grants.
+pub const TOKEN_PERMISSIONS: [(&str, &str); 6] = [
+    ("deployments", "write"),
+    ("issues", "write"),
+    ("pull_requests", "read"),
+    ("statuses", "read"),
+    ("checks", "read"),
+    ("metadata", "read"),
+];
+
 /// The way this deployment authenticates, as configured.
 #[derive(Clone, Debug)]
 pub enum AuthConfig {
@@ -85,7 +96,8 @@ pub struct GitHubAuth {
     clock: Arc<dyn Clock>,
     /// Installation id per repository (its key form), from deliveries or looked up.
     installations: Mutex<HashMap<String, u64>>,
-    tokens: Mutex<HashMap<u64, CachedToken>>,
+    /// Per installation and repository (its key form): each token reaches one repository.
+    tokens: Mutex<HashMap<(u64, String), CachedToken>>,
 }
 
 impl GitHubAuth {
@@ -95,6 +107,14 @@ impl GitHubAuth {
 
     pub fn is_app(&self) -> bool {
         matches!(self.config, AuthConfig::App(_))
+    }
+
+    /// The App's id, in App mode.
+    pub fn app_id(&self) -> Option<u64> {
+        match &self.config {
+            AuthConfig::App(app) => Some(app.app_id),
+            AuthConfig::Token(_) => None,
+        }
     }
 
     fn now_secs(&self) -> u64 {
@@ -113,7 +133,7 @@ impl GitHubAuth {
     pub fn forget_token(&self, repo: &RepoFullName) {
         let installation = self.installations.lock().ok().and_then(|m| m.get(&repo.key()).copied());
         if let (Some(id), Ok(mut tokens)) = (installation, self.tokens.lock()) {
-            tokens.remove(&id);
+            tokens.remove(&(id, repo.key()));
         }
     }
 
@@ -148,16 +168,16 @@ impl GitHubAuth {
         };
         let now = self.now_secs();
         if let Some(cached) = self.tokens.lock().ok().and_then(|t| {
-            t.get(&installation)
+            t.get(&(installation, repo.key()))
                 .filter(|c| c.expires_at > now + RENEW_BEFORE.as_secs())
                 .map(|c| c.token.expose_secret().to_owned())
         }) {
             return bearer(&SecretString::from(cached));
         }
-        let fresh = self.buy_token(http, base_url, app, installation, deadline).await?;
+        let fresh = self.buy_token(http, base_url, app, installation, repo, deadline).await?;
         let header = bearer(&fresh.token);
         if let Ok(mut tokens) = self.tokens.lock() {
-            tokens.insert(installation, fresh);
+            tokens.insert((installation, repo.key()), fresh);
         }
         header
     }
@@ -199,6 +219,7 @@ impl GitHubAuth {
         base_url: &str,
         app: &AppCredentials,
         installation: u64,
+        repo: &RepoFullName,
         deadline: &Deadline,
     ) -> Result<CachedToken, GitHubError> {
         #[derive(Deserialize)]
@@ -207,11 +228,31 @@ impl GitHubAuth {
             expires_at: String,
         }
         let url = format!("{base_url}/app/installations/{installation}/access_tokens");
-        let resp = app_request(http, reqwest::Method::POST, &url, deadline)
-            .header(AUTHORIZATION, bearer(&app.jwt(self.now_secs())?)?)
-            .send()
-            .await
-            .map_err(|e| GitHubError::Unavailable(format!("installation token: {}", transport(&e))))?;
+        // Scoped to the one repository, and to what the function does (github-app-manifest.json),
+        // whatever more the installation grants: a leaked token reaches nothing else.
+        let name = repo.as_str().split_once('/').map_or(repo.as_str(), |(_, name)| name);
+        let permissions: serde_json::Map<String, serde_json::Value> =
+            TOKEN_PERMISSIONS.iter().map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v))).collect();
+        let mut scope = serde_json::json!({ "repositories": [name], "permissions": permissions });
+        let ask = |scope: &serde_json::Value| -> Result<_, GitHubError> {
+            Ok(app_request(http, reqwest::Method::POST, &url, deadline)
+                .header(AUTHORIZATION, bearer(&app.jwt(self.now_secs())?)?)
+                .json(scope)
+                .send())
+        };
+        let unavailable =
+            |e: reqwest::Error| GitHubError::Unavailable(format!("installation token: {}", transport(&e)));
+        let mut resp = ask(&scope)?.await.map_err(unavailable)?;
+        if resp.status() == StatusCode::UNPROCESSABLE_ENTITY {
+            // An installation that has not approved every permission the App now asks for (an
+            // App created before they were in the manifest): scoped to the repository only.
+            warn!(
+                installation,
+                "the installation lacks some of the App's permissions; token scoped to the repository only"
+            );
+            scope.as_object_mut().map(|s| s.remove("permissions"));
+            resp = ask(&scope)?.await.map_err(unavailable)?;
+        }
         let status = resp.status();
         if status.is_server_error() {
             return Err(GitHubError::Unavailable(format!("installation token: GitHub answered {status}")));

@@ -549,6 +549,21 @@ impl GitHub for GitHubClient {
         }
     }
 
+    async fn created_by_us(
+        &self,
+        _repo: &RepoFullName,
+        creator: Option<&str>,
+        via_app: Option<u64>,
+        deadline: Deadline,
+    ) -> Result<bool, GitHubError> {
+        if let Some(app_id) = self.auth.app_id() {
+            return Ok(via_app == Some(app_id));
+        }
+        let Some(creator) = creator else { return Ok(false) };
+        let login = self.own_login(deadline).await?;
+        Ok(!login.is_empty() && login.eq_ignore_ascii_case(creator) && via_app.is_none())
+    }
+
     async fn pull_request(
         &self,
         repo: &RepoFullName,

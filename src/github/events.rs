@@ -81,6 +81,14 @@ struct Deployment {
     creator: Option<User>,
     description: Option<String>,
     created_at: Option<String>,
+    /// The GitHub App that created it (deployments made with an App's installation token).
+    #[serde(default)]
+    performed_via_github_app: Option<AppRef>,
+}
+
+#[derive(Deserialize)]
+struct AppRef {
+    id: u64,
 }
 
 #[derive(Deserialize)]
@@ -250,6 +258,7 @@ fn deployment(e: DeploymentEvent) -> Result<WebhookEvent, InvalidValue> {
         task: d.task.unwrap_or_else(|| "deploy".to_owned()),
         environment: Environment::parse(&d.environment)?,
         creator: d.creator.map(|u| u.login),
+        created_via_app: d.performed_via_github_app.map(|a| a.id),
         description: d.description,
         created_at: d.created_at,
         payload: d.payload,
@@ -267,7 +276,7 @@ fn issue_comment(e: IssueCommentEvent) -> Result<WebhookEvent, InvalidValue> {
         return Ok(WebhookEvent::Ignored { reason: "comment by a bot".to_owned() });
     }
     let line = c.body.lines().next().unwrap_or_default().trim();
-    if !line.starts_with('.') {
+    if !crate::domain::commands::is_command(line) {
         return Ok(WebhookEvent::Ignored { reason: "comment is not a command".to_owned() });
     }
     Ok(WebhookEvent::Command(CommentCommand {

@@ -1,7 +1,7 @@
 //! `POST /callbacks/<token>`: the deploy system reports an asynchronous deploy's progress and
 //! result. Checked in this order, and nothing is stored or posted for a refused callback:
 //! a malformed token → 404; a wrong `X-Hub-Signature-256` (HMAC-SHA256 of the raw body with the
-//! webhook secret) → 401; bad JSON or state → 400; a token that matches no run → 404.
+//! hook secret of the environment the token names, never the webhook secret) → 401; bad JSON or state → 400; a token that matches no run → 404.
 
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{Body, Request, Response};
@@ -9,13 +9,18 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::signature::WebhookSecrets;
-use super::{MAX_BODY_BYTES, SIGNATURE_HEADER, respond};
-use crate::domain::ports::{Clock, DeployAction, GitHub, Store};
+use super::signature::{HookSecrets, SignatureError};
+use super::{SIGNATURE_HEADER, respond};
+use crate::domain::ports::{Clock, DeployAction, GitHub, Store, SystemClock};
 use crate::domain::runs::{CallbackReport, RunResult};
 use crate::domain::types::DeploymentState;
-use crate::domain::{CallbackToken, Deadline, Service};
+use crate::domain::{CallbackToken, Deadline, Service, ServiceError};
 use crate::error::AppError;
+use crate::metrics::{self, Unit};
+
+/// The largest callback body read: a report (state, description, two URLs) fits many times over;
+/// a flood of large unsigned bodies costs no HMAC.
+pub const MAX_CALLBACK_BYTES: usize = 4 * 1024;
 
 /// The token of a callback path: `…/callbacks/<token>` (with or without a stage before it).
 pub fn token_in_path(path: &str) -> Option<&str> {
@@ -57,7 +62,7 @@ fn report_of(raw: &[u8]) -> Result<CallbackReport, AppError> {
 
 pub async fn handle<S: Store, G: GitHub, D: DeployAction, C: Clock>(
     service: &Service<S, G, D, C>,
-    secrets: &WebhookSecrets,
+    secrets: &HookSecrets,
     request: &Request,
     raw_token: &str,
     deadline: Deadline,
@@ -71,9 +76,13 @@ pub async fn handle<S: Store, G: GitHub, D: DeployAction, C: Clock>(
             }
             let token = token.ok_or(AppError::UnknownCallback)?;
             let raw: &[u8] = request.body().as_ref();
-            if raw.len() > MAX_BODY_BYTES {
-                return Err(AppError::TooLarge);
+            // A report is a few hundred bytes: anything much larger is refused before the HMAC.
+            if raw.len() > MAX_CALLBACK_BYTES {
+                return Err(AppError::CallbackTooLarge);
             }
+            // The run's environment (from the token) picks the secret: staging's hook cannot
+            // sign for a production run. No hook secret there: no hook, so no callback.
+            let secrets = secrets.for_environment(&token.environment).ok_or(SignatureError::Mismatch)?;
             secrets.verify(request.headers().get(SIGNATURE_HEADER).map(|v| v.as_bytes()), raw)?;
             let report = report_of(raw)?;
             Ok(service.handle_callback(&token, report, deadline).await?)
@@ -82,10 +91,19 @@ pub async fn handle<S: Store, G: GitHub, D: DeployAction, C: Clock>(
         match result {
             Ok(outcome) => {
                 info!(status = outcome.status(), "callback handled");
+                metrics::emit(SystemClock.now_ms(), Some(("Outcome", outcome.status())), &[("Callbacks", 1.0, Unit::Count)]);
                 respond(StatusCode::OK, json!({ "status": outcome.status(), "detail": outcome.detail() }))
             }
             Err(err) => {
                 let status = err.status();
+                let now = SystemClock.now_ms();
+                // Refusals count too (a flood of unauthorized callbacks shows on the dashboard).
+                metrics::emit(now, Some(("Outcome", err.kind())), &[("Callbacks", 1.0, Unit::Count)]);
+                match &err {
+                    AppError::Service(ServiceError::GitHub(_)) => metrics::count(now, None, "GitHubErrors"),
+                    AppError::Service(ServiceError::Store(_)) => metrics::count(now, None, "DynamoErrors"),
+                    _ => {}
+                }
                 if status.is_server_error() {
                     warn!(error = %err, http_status = status.as_u16(), "callback failed; the deploy system may retry it");
                 } else {

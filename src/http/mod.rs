@@ -19,7 +19,7 @@ use crate::domain::{Deadline, Delivery, Outcome, Service, SweepReport};
 use crate::error::AppError;
 use crate::github::events::parse_event;
 use crate::metrics::{self, Unit};
-use signature::WebhookSecrets;
+use signature::{HookSecrets, WebhookSecrets};
 
 pub const EVENT_HEADER: &str = "x-github-event";
 pub const DELIVERY_HEADER: &str = "x-github-delivery";
@@ -32,13 +32,22 @@ pub const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
 /// Everything a request needs, built once per cold start.
 pub struct WebhookHandler<S, G, D, C = SystemClock> {
     service: Service<S, G, D, C>,
+    /// `GITHUB_WEBHOOK_SECRET`: deliveries to `/webhook`, and nothing else.
     secrets: WebhookSecrets,
+    /// `HOOK_SIGNING_SECRET[_<ENV>]`: callbacks, and nothing else.
+    hook_secrets: HookSecrets,
     budget: Duration,
 }
 
 impl<S: Store, G: GitHub, D: DeployAction, C: Clock> WebhookHandler<S, G, D, C> {
     pub fn new(service: Service<S, G, D, C>, secrets: WebhookSecrets, budget: Duration) -> Self {
-        Self { service, secrets, budget }
+        Self { service, secrets, hook_secrets: HookSecrets::default(), budget }
+    }
+
+    /// The secrets that verify callbacks (without them every callback is refused).
+    pub fn with_hook_secrets(mut self, hook_secrets: HookSecrets) -> Self {
+        self.hook_secrets = hook_secrets;
+        self
     }
 
     pub fn service(&self) -> &Service<S, G, D, C> {
@@ -56,17 +65,12 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> WebhookHandler<S, G, D, C> 
         let deadline = Deadline::after(self.budget);
         if let Some(token) = callback::token_in_path(request.uri().path()) {
             let token = token.to_owned();
-            return callback::handle(&self.service, &self.secrets, &request, &token, deadline).await;
+            return callback::handle(&self.service, &self.hook_secrets, &request, &token, deadline).await;
         }
-        let headers = request.headers();
-        let delivery_header = header_str(headers, DELIVERY_HEADER).unwrap_or_default().to_owned();
-        let event_header = header_str(headers, EVENT_HEADER).unwrap_or_default().to_owned();
-        // Header values are the caller's; keep what goes into logs short and printable.
-        let span = info_span!(
-            "delivery",
-            delivery_id = %printable(&delivery_header),
-            event = %printable(&event_header),
-        );
+        let delivery_header = header_str(request.headers(), DELIVERY_HEADER).unwrap_or_default().to_owned();
+        // The span's delivery id and event are recorded once the signature is verified: before
+        // that, header values are anyone's and never reach the log.
+        let span = info_span!("delivery", delivery_id = tracing::field::Empty, event = tracing::field::Empty);
         async move {
             match self.process(&request, deadline).await {
                 Ok((delivery, outcome)) => {
@@ -118,6 +122,10 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> WebhookHandler<S, G, D, C> 
         }
         // The signature is checked over the raw bytes before anything reads them.
         self.secrets.verify(headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes()), raw_body)?;
+        // Signed by GitHub: its headers may label the log lines (short and printable).
+        let span = tracing::Span::current();
+        span.record("delivery_id", printable(header_str(headers, DELIVERY_HEADER).unwrap_or_default()));
+        span.record("event", printable(header_str(headers, EVENT_HEADER).unwrap_or_default()));
 
         let event_name = header_str(headers, EVENT_HEADER).ok_or(AppError::MissingHeader("X-GitHub-Event"))?;
         let delivery_id = DeliveryId::parse(

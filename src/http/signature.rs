@@ -3,15 +3,51 @@
 //! Checked before anything reads the body, in constant time (`Mac::verify_slice`), against each
 //! configured secret in turn so that a secret can be rotated without failed deliveries.
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 
+use crate::domain::types::Environment;
+use std::collections::HashMap;
+
 type HmacSha256 = Hmac<Sha256>;
 
-/// The webhook secrets: the first signs what we send (deploy hooks); any of them verifies.
+/// A rotation list of secrets (`GITHUB_WEBHOOK_SECRET`, `HOOK_SIGNING_SECRET`): the first signs
+/// what we send; any of them verifies.
 #[derive(Clone)]
 pub struct WebhookSecrets(Vec<SecretString>);
+
+/// The deploy hooks' secrets, apart from the webhook's: `HOOK_SIGNING_SECRET` for every
+/// environment and `HOOK_SIGNING_SECRET_<ENV>` for one (keyed by the environment's setting
+/// suffix). An environment's list signs its hook calls and verifies its callbacks, and nothing
+/// else: a hook secret never authenticates a GitHub delivery, nor another environment's callback.
+#[derive(Clone, Debug, Default)]
+pub struct HookSecrets {
+    default: Option<WebhookSecrets>,
+    by_environment: HashMap<String, WebhookSecrets>,
+}
+
+impl HookSecrets {
+    pub fn new(default: Option<WebhookSecrets>, by_environment: HashMap<String, WebhookSecrets>) -> Self {
+        Self { default, by_environment }
+    }
+
+    /// The same secrets for every environment.
+    pub fn for_all(secrets: WebhookSecrets) -> Self {
+        Self { default: Some(secrets), by_environment: HashMap::new() }
+    }
+
+    /// The secrets of `environment`'s hook: its own, else the default.
+    pub fn for_environment(&self, environment: &Environment) -> Option<&WebhookSecrets> {
+        self.by_environment.get(&environment.env_var_suffix()).or(self.default.as_ref())
+    }
+
+    /// Every list, with the setting it came from (for checks at init).
+    pub fn lists(&self) -> impl Iterator<Item = (String, &WebhookSecrets)> {
+        let default = self.default.iter().map(|s| ("HOOK_SIGNING_SECRET".to_owned(), s));
+        default.chain(self.by_environment.iter().map(|(env, s)| (format!("HOOK_SIGNING_SECRET_{env}"), s)))
+    }
+}
 
 impl std::fmt::Debug for WebhookSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -51,6 +87,11 @@ impl WebhookSecrets {
         if matched { Ok(()) } else { Err(SignatureError::Mismatch) }
     }
 
+    /// Whether any secret of `self` is also one of `other`'s.
+    pub fn shares_with(&self, other: &Self) -> bool {
+        self.0.iter().any(|a| other.0.iter().any(|b| a.expose_secret() == b.expose_secret()))
+    }
+
     /// `sha256=<hex>` of `body` under the first (current) secret.
     pub fn sign(&self, body: &[u8]) -> String {
         let digest = self.0.first().map(|s| mac(s, body).finalize().into_bytes());
@@ -61,7 +102,7 @@ impl WebhookSecrets {
 fn mac(secret: &SecretString, body: &[u8]) -> HmacSha256 {
     // HMAC takes keys of any length, so this cannot fail; `new_from_slice` only errs for MACs
     // with a fixed key size.
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(secret.expose_secret().as_bytes())
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(secret.expose_secret().as_bytes())
         .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
     mac.update(body);
     mac

@@ -19,13 +19,15 @@ use deploy_webhook::domain::{DeployRules, Service, ServiceSettings};
 use deploy_webhook::github::auth::{AppCredentials, AuthConfig, GitHubAuth};
 use deploy_webhook::github::client::{GitHubClient, RetryPolicy, http_client};
 use deploy_webhook::http::WebhookHandler;
-use deploy_webhook::http::signature::WebhookSecrets;
+use deploy_webhook::http::signature::{HookSecrets, WebhookSecrets};
 use deploy_webhook::store::dynamo::DynamoStore;
 use lambda_http::Request;
 use serde_json::{Value, json};
 use wiremock::MockServer;
 
 pub const SECRET: &str = "test-webhook-secret";
+/// The deploy hooks' secret (`HOOK_SIGNING_SECRET`): signs hook calls and callbacks.
+pub const HOOK_SECRET: &str = "test-hook-secret";
 pub const TOKEN: &str = "ghp_test_token_never_logged";
 pub const SHA: &str = "c4295bd74fb0f4fda03689c3df3f2803b658fd85";
 pub const REPO: &str = "Codertocat/Hello-World";
@@ -365,6 +367,8 @@ pub struct TestAppBuilder {
     dynamo_endpoint: Option<String>,
     budget: Duration,
     secret: String,
+    hook_secret: String,
+    env_hook_secrets: std::collections::HashMap<String, WebhookSecrets>,
     hook_timeout: Duration,
 }
 
@@ -385,6 +389,8 @@ impl TestApp {
             dynamo_endpoint: None,
             budget: Duration::from_secs(8),
             secret: SECRET.to_owned(),
+            hook_secret: HOOK_SECRET.to_owned(),
+            env_hook_secrets: Default::default(),
             hook_timeout: Duration::from_secs(3),
         }
     }
@@ -469,6 +475,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// `HOOK_SIGNING_SECRET_<suffix>`: the hook secret(s) of one environment.
+    pub fn hook_secret(mut self, environment_suffix: &str, secret: &str) -> Self {
+        self.env_hook_secrets.insert(environment_suffix.to_owned(), WebhookSecrets::from_list(secret).unwrap());
+        self
+    }
+
     /// Authenticates as GitHub App `app_id` with `pem`, and sweeps the App's webhook deliveries.
     pub fn github_app(mut self, app_id: u64, pem: secrecy::SecretString) -> Self {
         self.app = Some((app_id, pem));
@@ -528,8 +540,6 @@ impl TestAppBuilder {
         let client = GitHubClient::with_auth(http.clone(), &github.uri(), auth, self.retry);
         let secrets = WebhookSecrets::from_list(&self.secret).unwrap();
         let slack = deploy_webhook::deploy::slack::SlackTargets { default_url: self.slack, urls: Default::default() };
-        let deployer = HookDeployer::new(http, self.targets, secrets.clone(), self.hook_timeout)
-            .with_slack(slack, "https://github.com");
         let mut settings = ServiceSettings::new(self.rules);
         if self.app.is_some() {
             settings.redelivery_hooks = vec![deploy_webhook::domain::ports::HookRef::App];
@@ -537,8 +547,20 @@ impl TestAppBuilder {
         if let Some(tweak) = self.settings_tweak {
             tweak(&mut settings);
         }
+        // As Config does: environments named in the rules or the branch-deploy list.
+        let mut targets = self.targets;
+        targets.named = settings
+            .rules
+            .environments()
+            .chain(settings.branch_deploy_environments.iter())
+            .map(|e| e.env_var_suffix())
+            .collect();
+        let hook_secrets =
+            HookSecrets::new(Some(WebhookSecrets::from_list(&self.hook_secret).unwrap()), self.env_hook_secrets);
+        let deployer = HookDeployer::new(http, targets, hook_secrets.clone(), self.hook_timeout)
+            .with_slack(slack, "https://github.com");
         let service = Service::with_clock(store, client, deployer, clock.clone(), settings);
-        let handler = Arc::new(WebhookHandler::new(service, secrets, self.budget));
+        let handler = Arc::new(WebhookHandler::new(service, secrets, self.budget).with_hook_secrets(hook_secrets));
         TestApp { handler, github, dynamo, table, clock }
     }
 }

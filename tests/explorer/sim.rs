@@ -1155,5 +1155,6 @@ fn deployment_event(d: u64, order: usize) -> DeploymentCreated {
         created_at: Some(format!("2026-12-01T10:00:{:02}Z", 30 + order)),
         payload: json!({ "deploy_webhook": { "merged_at": format!("2026-12-01T09:00:{:02}Z", order) } }),
         installation: None,
+        created_via_app: None,
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::domain::ports::{Claim, Lease, StoreError};
 use crate::domain::types::{DeliveryId, RepoFullName};
 
-use super::{DynamoStore, Item, get_n, get_s, now_iso, s};
+use super::{DynamoStore, Item, condition_failed, get_n, get_s, n, now_iso, s};
 
 fn comment_key(repo: &RepoFullName, id: u64) -> (String, String) {
     (format!("REPO#{}", repo.key()), format!("COMMENT#{id}"))
@@ -58,6 +58,36 @@ impl DynamoStore {
             .expression_attribute_values(":iso", s(now_iso()))
             .expression_attribute_values(":token", s(&lease.token));
         self.guarded(update, "finish comment").await.map(drop)
+    }
+
+    /// The outcome of a comment that is `done`, by a consistent read.
+    pub(super) async fn comment_outcome_item(
+        &self,
+        repo: &RepoFullName,
+        id: u64,
+    ) -> Result<Option<String>, StoreError> {
+        let (pk, sk) = comment_key(repo, id);
+        Ok(self
+            .get(pk, sk)
+            .await?
+            .filter(|item| get_s(item, "state") == Some("done"))
+            .map(|item| get_s(&item, "outcome").unwrap_or_default().to_owned()))
+    }
+
+    /// The `USER#<login>` / `WRITES#<hour>` counter: one UpdateItem that adds 1 only while the
+    /// count is below `limit`, and sets `expires_at` (the table's TTL) an hour after the hour.
+    pub(super) async fn count_user_write_item(&self, user: &str, hour: u64, limit: u32) -> Result<bool, StoreError> {
+        let update = self
+            .update(format!("USER#{}", user.to_ascii_lowercase()), format!("WRITES#{hour}"))
+            .update_expression("ADD writes :one SET expires_at = :expires")
+            .condition_expression("attribute_not_exists(writes) OR writes < :limit")
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":limit", n(limit))
+            .expression_attribute_values(":expires", n((hour + 2) * 3600));
+        match update.send().await {
+            Ok(_) => Ok(true),
+            Err(err) => condition_failed(err).map(|_| false),
+        }
     }
 
     pub(super) async fn release_comment_item(

@@ -7,6 +7,7 @@
 //! | deployment | `REPO#<owner/name>` | `DEPLOYMENT#<id>` | [`deployments`]: newest status wins |
 //! | environment | `REPO#<owner/name>` | `ENV#<env>` | [`environments`]: the run state, versioned |
 //! | comment | `REPO#<owner/name>` | `COMMENT#<id>` | [`comments`]: a command acts and replies once |
+//! | write budget | `USER#<login>` | `WRITES#<hour>` | [`comments`]: bot writes for a refused commenter, TTL'd |
 //! | redelivery | `HOOK#<app or owner/name#id>` | `REDELIVERY` | [`environments`]: the redelivery sweep's watermark, versioned |
 //!
 //! Every write that guards an effect is a single conditional write, so two Lambda instances can
@@ -315,6 +316,14 @@ impl Store for DynamoStore {
 
     async fn release_comment(&self, repo: &RepoFullName, comment_id: u64, lease: &Lease) -> Result<(), StoreError> {
         self.release_comment_item(repo, comment_id, lease).await
+    }
+
+    async fn comment_outcome(&self, repo: &RepoFullName, comment_id: u64) -> Result<Option<String>, StoreError> {
+        self.comment_outcome_item(repo, comment_id).await
+    }
+
+    async fn count_user_write(&self, user: &str, hour: u64, limit: u32) -> Result<bool, StoreError> {
+        self.count_user_write_item(user, hour, limit).await
     }
 
     async fn load_redelivery(&self, hook: &HookRef) -> Result<Versioned<RedeliveryState>, StoreError> {
