@@ -105,6 +105,8 @@ struct GitHubState {
     /// The guids they were for.
     redelivered_guids: std::collections::BTreeSet<String>,
     listings: u64,
+    /// Deployments someone else ended with a terminal status of theirs (not the bot's).
+    ended_by_people: std::collections::BTreeSet<u64>,
     /// When each listing (its first page) was served: (hook, test clock ms).
     listed: Vec<(u64, u64)>,
 }
@@ -578,6 +580,9 @@ struct CrashingStore {
     deaths_on: Arc<AtomicBool>,
     creation_deaths: Arc<AtomicU64>,
     save_deaths: Arc<AtomicU64>,
+    /// State writes DynamoDB applied whose answer was lost: answered as an error, or (as the
+    /// SDK's retry sees it) as a failed condition returning our own item.
+    ambiguous_writes: Arc<AtomicU64>,
     /// When the last instance died holding a creation claim (its lease runs on the real clock).
     last_creation_death: Shared<Option<Instant>>,
 }
@@ -653,7 +658,15 @@ impl Store for CrashingStore {
             self.save_deaths.fetch_add(1, Ordering::Relaxed);
             std::future::pending::<()>().await;
         }
-        self.inner.save_environment(key, state, expected).await
+        let saved = self.inner.save_environment(key, state, expected).await?;
+        if saved.is_ok() && self.draw(6) {
+            self.ambiguous_writes.fetch_add(1, Ordering::Relaxed);
+            if self.rng.lock().unwrap().bool() {
+                return Ok(Err(self.inner.load_environment(key).await?));
+            }
+            return Err(StoreError::Unavailable("applied, but the answer was lost".into()));
+        }
+        Ok(saved)
     }
 
     async fn due_environments(&self, now_ms: u64, limit: usize) -> Result<Vec<(EnvKey, Versioned)>, StoreError> {
@@ -898,6 +911,7 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
     let faults_on = Arc::new(AtomicBool::new(true));
     let deaths_on = Arc::new(AtomicBool::new(true));
     let (creation_deaths, save_deaths) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let ambiguous_writes = Arc::new(AtomicU64::new(0));
     let last_creation_death: Shared<Option<Instant>> = Arc::new(Mutex::new(None));
 
     // GitHub, the deploy system, DynamoDB and the function.
@@ -934,6 +948,7 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
         deaths_on: deaths_on.clone(),
         creation_deaths: creation_deaths.clone(),
         save_deaths: save_deaths.clone(),
+        ambiguous_writes: ambiguous_writes.clone(),
         last_creation_death: last_creation_death.clone(),
     };
     let retry = RetryPolicy {
@@ -1326,6 +1341,59 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
             }
             schedule(&mut scheduled, at, Work::Delivery(delivery));
         }
+        drop(r);
+
+        // Between rounds, with no instance at work, someone ends a deployment by hand (running,
+        // queued, or not delivered yet): an `error` of theirs, whose webhook is answered before
+        // the next round starts. Nothing may be posted for it after that.
+        let person_ends = round <= DEATH_ROUNDS && rng.lock().unwrap().u32(0..100) < 35;
+        if person_ends {
+            let chosen = {
+                let mut gh = github_state.lock().unwrap();
+                let open: Vec<u64> = gh
+                    .deployments
+                    .iter()
+                    .filter(|(_, d)| !d.statuses.iter().any(|(_, s)| is_terminal(s)))
+                    .map(|(id, _)| *id)
+                    .collect();
+                let pick = (!open.is_empty()).then(|| open[rng.lock().unwrap().usize(..open.len())]);
+                pick.map(|id| {
+                    gh.next_id += 1;
+                    let sid = 50_000 + gh.next_id;
+                    let d = gh.deployments.get_mut(&id).unwrap();
+                    d.statuses.push((sid, "error".to_owned()));
+                    let (repo, env) = (d.repo.clone(), d.environment.clone());
+                    gh.ended_by_people.insert(id);
+                    let mut event = deployment_status(id, sid, "error");
+                    event["repository"]["full_name"] = json!(repo);
+                    event["deployment"]["environment"] = json!(env);
+                    event["deployment_status"]["environment"] = json!(env);
+                    event["deployment_status"]["creator"]["login"] = json!("alice");
+                    (repo, event)
+                })
+            };
+            if let Some((repo, event)) = chosen {
+                let mut answered = false;
+                for _ in 0..10 {
+                    let request = Event::github("deployment_status", &new_delivery_id(), &event).request();
+                    if let Ok(response) = tokio::time::timeout(INVOCATION_TIMEOUT, handler.handle(request)).await {
+                        if response.status().is_success() {
+                            answered = true;
+                            break;
+                        }
+                    }
+                }
+                assert!(answered, "someone else's terminal status was never accepted");
+                // GitHub may deliver it again later.
+                let again = Delivery {
+                    id: new_delivery_id(),
+                    event: "deployment_status".into(),
+                    payload: event,
+                    hook: hook_of(&repo, false),
+                };
+                schedule(&mut scheduled, round + 2, Work::Delivery(again));
+            }
+        }
     }
     faults_on.store(false, Ordering::Relaxed);
     deaths_on.store(false, Ordering::Relaxed);
@@ -1479,8 +1547,16 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
     // The latest merge of each environment is what ran last.
     let mut regressions = 0;
     let mut latest_merges: BTreeMap<(String, String), (u64, String)> = BTreeMap::new();
+    let ended_by_people: Vec<(&str, &str, &str)> = gh
+        .ended_by_people
+        .iter()
+        .map(|id| &gh.deployments[id])
+        .map(|d| (d.repo.as_str(), d.environment.as_str(), d.sha.as_str()))
+        .collect();
     for ((repo, n, env), (rejected, sha)) in &expected {
-        if !rejected {
+        // A merge whose deployment someone ended by hand is not expected to be what runs last.
+        let ended = ended_by_people.contains(&(repo.as_str(), env.as_str(), sha.as_str()));
+        if !rejected && !ended {
             let entry = latest_merges.entry((repo.clone(), env.clone())).or_insert((*n, sha.clone()));
             if *n > entry.0 {
                 *entry = (*n, sha.clone());
@@ -1534,6 +1610,11 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
         "  instances killed              {} before recording a creation, {} before a state write",
         creation_deaths.load(Ordering::Relaxed),
         save_deaths.load(Ordering::Relaxed)
+    );
+    println!(
+        "  ambiguous state writes        {} (applied, answer lost); {} deployments ended by someone else",
+        ambiguous_writes.load(Ordering::Relaxed),
+        gh.ended_by_people.len()
     );
     println!(
         "  hook                          {} calls ({hook_recalls} repeated), sync success {}, sync 500 {}, async {}",

@@ -394,13 +394,7 @@ async fn status_lists_every_environment() {
 async fn a_deployment_naming_the_lock_holder_passes_the_lock_only_if_this_deployer_created_it() {
     let app = app().await;
     permission(&app, "alice", "write", "write").await;
-    // The token's user: this deployer's identity on GitHub.
-    Mock::given(method("GET"))
-        .and(path("/user"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"login": "deploy-bot"})))
-        .expect(1)
-        .mount(&app.github)
-        .await;
+    // The token's user, this deployer's identity on GitHub, is `deploy-bot` (tests/common).
     Mock::given(method("POST"))
         .and(path_regex(r"/deployments/\d+/statuses$"))
         .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": 1, "state": "success"})))
@@ -430,4 +424,6 @@ async fn a_deployment_naming_the_lock_holder_passes_the_lock_only_if_this_deploy
         |id: u64| env["recent"].as_array().unwrap().iter().find(|r| r["id"] == id).map(|r| r["state"].clone());
     assert_eq!(state_of(82), Some(json!("success")), "{env}");
     assert_eq!(state_of(81), Some(json!("inactive")), "the forged one never ran: {env}");
+    let asked_who: usize = app.github_calls().await.iter().filter(|(m, p)| m == "GET" && p == "/user").count();
+    assert_eq!(asked_who, 1, "who we are is asked once per cold start");
 }
