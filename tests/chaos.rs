@@ -1324,24 +1324,25 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
 
         // What GitHub sent meanwhile: deployment and deployment_status events, shuffled, some
         // twice (same GUID or a second hook), some late.
-        let outbox = std::mem::take(&mut github_state.lock().unwrap().outbox);
-        let mut r = rng.lock().unwrap();
-        for (event, payload) in outbox {
-            let repo = payload["repository"]["full_name"].as_str().unwrap_or(REPOS[0]).to_owned();
-            let delivery = Delivery { id: new_delivery_id(), event, payload, hook: hook_of(&repo, false) };
-            let at = if r.u32(0..100) < 15 { round + r.usize(2..=6) } else { round + 1 };
-            if r.u32(0..100) < 20 {
-                redelivered_events += 1;
-                let again = if r.bool() {
-                    delivery.clone()
-                } else {
-                    Delivery { id: new_delivery_id(), hook: hook_of(&repo, true), ..delivery.clone() }
-                };
-                schedule(&mut scheduled, round + r.usize(1..=4), Work::Delivery(again));
+        {
+            let outbox = std::mem::take(&mut github_state.lock().unwrap().outbox);
+            let mut r = rng.lock().unwrap();
+            for (event, payload) in outbox {
+                let repo = payload["repository"]["full_name"].as_str().unwrap_or(REPOS[0]).to_owned();
+                let delivery = Delivery { id: new_delivery_id(), event, payload, hook: hook_of(&repo, false) };
+                let at = if r.u32(0..100) < 15 { round + r.usize(2..=6) } else { round + 1 };
+                if r.u32(0..100) < 20 {
+                    redelivered_events += 1;
+                    let again = if r.bool() {
+                        delivery.clone()
+                    } else {
+                        Delivery { id: new_delivery_id(), hook: hook_of(&repo, true), ..delivery.clone() }
+                    };
+                    schedule(&mut scheduled, round + r.usize(1..=4), Work::Delivery(again));
+                }
+                schedule(&mut scheduled, at, Work::Delivery(delivery));
             }
-            schedule(&mut scheduled, at, Work::Delivery(delivery));
         }
-        drop(r);
 
         // Between rounds, with no instance at work, someone ends a deployment by hand (running,
         // queued, or not delivered yet): an `error` of theirs, whose webhook is answered before
