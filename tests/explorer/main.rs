@@ -115,6 +115,7 @@ pub(crate) fn base(name: &'static str) -> Scenario {
         redeliveries: 0,
         person: None,
         sweeps: 2,
+        locks: 0,
         own_status_hooks: false,
         max_steps: 60,
     }
@@ -146,6 +147,7 @@ fn small_scenarios() -> Vec<Scenario> {
             redeliveries: 1,
             ..base("one async deployment, one fault, a callback or delivery twice")
         },
+        Scenario { locks: 2, ..base("two sync deployments, a lock and an unlock") },
     ]
 }
 
@@ -160,6 +162,7 @@ fn large_scenarios() -> Vec<Scenario> {
             redeliveries: 2,
             person: Some((2, DeploymentState::Error)),
             sweeps: 6,
+            locks: 2,
             own_status_hooks: true,
             max_steps: 120,
             ..base("three deployments, every kind of fault")
@@ -172,6 +175,7 @@ fn large_scenarios() -> Vec<Scenario> {
             redeliveries: 3,
             person: Some((3, DeploymentState::Failure)),
             sweeps: 8,
+            locks: 3,
             own_status_hooks: true,
             max_steps: 160,
             ..base("four deployments, many faults")

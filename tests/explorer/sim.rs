@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use deploy_webhook::domain::event::CommentCommand;
 use deploy_webhook::domain::gates::ChecksWait;
 use deploy_webhook::domain::ports::{
     Claim, Clock, CreationKey, CreationRecord, DeployAction, EnvKey, GitHub, GitHubError, HookAnswer, HookCall,
@@ -33,6 +34,8 @@ pub const ENV: &str = "production";
 pub const US: &str = "deploy-bot";
 /// Someone else: the operator who ends a run by hand.
 pub const PERSON: &str = "alice";
+/// Who locks and unlocks the environment (`.lock` / `.unlock` comments).
+pub const LOCKER: &str = "carol";
 pub const LEASE_MS: u64 = 60_000;
 /// Lambda's function timeout: an instance still working this long after it started is ended.
 pub const FUNCTION_TIMEOUT_MS: u64 = 10_000;
@@ -69,6 +72,8 @@ pub struct Scenario {
     pub person: Option<(u64, DeploymentState)>,
     /// Sweeps the explorer may choose (the settling phase after them sweeps as needed).
     pub sweeps: u32,
+    /// `.lock` and `.unlock` comments the explorer may choose (the settling phase unlocks).
+    pub locks: u32,
     /// Whether the webhooks of our own statuses are delivered as moves too.
     pub own_status_hooks: bool,
     /// Steps chosen freely before the world is left to settle with no more faults.
@@ -151,6 +156,8 @@ pub enum Choice {
     Sweep,
     /// Time passes to the next time something is due, with no sweep yet.
     Wait,
+    /// `.lock production` (true) or `.unlock production` (false), commented by [`LOCKER`].
+    Command { lock: bool },
 }
 
 // ------------------------------------------------------------------ the world's state
@@ -202,6 +209,8 @@ pub struct World {
     pub trace: Vec<String>,
     /// Merge order of each deployment (its rank).
     order: BTreeMap<u64, usize>,
+    /// Since which step the stored state holds a lock.
+    lock_since: Option<u64>,
 }
 
 type Shared = Arc<Mutex<World>>;
@@ -291,12 +300,22 @@ impl World {
         if self.knows_external_end(task, d) {
             self.violation(format!("t{task} called the hook for d{d} after someone else ended it"));
         }
+        // A lock holds back whatever had not started when it was taken (none of these
+        // deployments is the locker's).
+        if self.lock_since.is_some_and(|since| since < started) {
+            self.violation(format!("d{d} started while {LOCKER}'s lock was held"));
+        }
         self.hook_calls.push((d, task, self.step));
     }
 
     fn stored(&mut self, state: EnvironmentState) {
         self.env = (self.env.0 + 1, state);
         let step = self.step;
+        self.lock_since = match (&self.env.1.lock, self.lock_since) {
+            (Some(_), None) => Some(step),
+            (Some(_), since) => since,
+            (None, _) => None,
+        };
         let s = &self.env.1;
         if let Some(run) = &s.running {
             let d = run.deployment.id.0;
@@ -489,7 +508,7 @@ impl Store for SimStore {
         _: &DeliveryId,
         _: Duration,
     ) -> Result<Claim<String>, StoreError> {
-        Err(StoreError::Unavailable("comments are not simulated".into()))
+        Ok(Claim::Acquired(Lease { token: "comment".into(), attempt: 1 }, ()))
     }
 
     async fn finish_comment(&self, _: &RepoFullName, _: u64, _: &Lease, _: &str) -> Result<(), StoreError> {
@@ -601,7 +620,7 @@ impl GitHub for SimGitHub {
     }
 
     async fn permission(&self, _: &RepoFullName, _: &str, _: Deadline) -> Result<Permission, GitHubError> {
-        Err(github_down())
+        Ok(Permission { permission: "write".into(), role: Some("write".into()) })
     }
 
     async fn pull_request(&self, _: &RepoFullName, _: u64, _: Deadline) -> Result<PullRequestHead, GitHubError> {
@@ -702,6 +721,7 @@ enum TaskKind {
     StatusHook(u64),
     Callback(u64),
     Sweep,
+    Command,
 }
 
 struct Task {
@@ -741,6 +761,7 @@ pub struct Sim {
     /// Outside events whose last delivery failed: GitHub or the deploy system tries again
     /// later, so in the settling phase only after time has passed (a sweep).
     failed: BTreeSet<TaskKind>,
+    comments: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -750,6 +771,7 @@ struct Budget {
     redeliveries: u32,
     sweeps: u32,
     person: bool,
+    locks: u32,
 }
 
 /// Steps the settling phase may take before the world counts as unable to settle.
@@ -787,11 +809,13 @@ impl Sim {
                 redeliveries: scenario.redeliveries,
                 sweeps: scenario.sweeps,
                 person: scenario.person.is_some(),
+                locks: scenario.locks,
             },
             scenario: scenario.clone(),
             picks: Vec::new(),
             deliveries: 0,
             failed: BTreeSet::new(),
+            comments: 0,
         }
     }
 
@@ -850,6 +874,15 @@ impl Sim {
         if due.is_some_and(|due| due > w.now) && !calm && self.budget.sweeps > 0 {
             out.push(Choice::Wait);
         }
+        let commenting = self.tasks.iter().any(|t| t.kind == TaskKind::Command);
+        if !commenting && !calm && self.budget.locks > 0 {
+            out.push(Choice::Command { lock: true });
+            out.push(Choice::Command { lock: false });
+        }
+        // Someone unlocks in the end, or the queue would wait for good.
+        if !commenting && calm && w.env.1.lock.is_some() {
+            out.push(Choice::Command { lock: false });
+        }
         out
     }
 
@@ -875,6 +908,8 @@ impl Sim {
             Choice::Person { d, state } => format!("person {state} d{d}"),
             Choice::Sweep => "sweep".into(),
             Choice::Wait => "wait".into(),
+            Choice::Command { lock: true } => "lock".into(),
+            Choice::Command { lock: false } => "unlock".into(),
         }
     }
 
@@ -1021,6 +1056,25 @@ impl Sim {
             Choice::Wait => {
                 self.budget.sweeps = self.budget.sweeps.saturating_sub(1);
                 self.pass_time();
+            }
+            Choice::Command { lock } => {
+                self.budget.locks = self.budget.locks.saturating_sub(1);
+                self.comments += 1;
+                let delivery = Delivery {
+                    id: DeliveryId::parse(&format!("comment-{}", self.comments)).unwrap(),
+                    event: WebhookEvent::Command(CommentCommand {
+                        repo: RepoFullName::parse(REPO).unwrap(),
+                        installation: None,
+                        comment_id: self.comments,
+                        author: LOCKER.into(),
+                        issue: 1,
+                        on_pull_request: true,
+                        line: format!(".{} {ENV}", if lock { "lock" } else { "unlock" }),
+                    }),
+                    callback_base: None,
+                };
+                let svc = self.svc.clone();
+                self.spawn(TaskKind::Command, Box::pin(async move { svc.handle(delivery, deadline()).await }));
             }
             Choice::Sweep => {
                 self.budget.sweeps = self.budget.sweeps.saturating_sub(1);
