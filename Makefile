@@ -155,7 +155,8 @@ chaos: $(STAMP) ## the chaos test at length (CHAOS_PRS=200; replay a run with CH
 	CHAOS_PRS=$${CHAOS_PRS:-200} cargo test --locked --test chaos -- --nocapture
 
 # EXPLORE_RUNS caps each exhaustive scope (a scope that ends sooner is complete); EXPLORE_SEEDS is
-# the number of seeded random runs per larger scope. `make test` runs 10000 and 300.
+# the number of seeded random runs per larger scope; EXPLORE_SCOPE=<words> runs only the scopes
+# whose name contains them. `make test` runs 10000 and 300.
 .PHONY: explore
 explore: ## the run engine's deterministic explorer at length (EXPLORE_RUNS=300000 EXPLORE_SEEDS=20000)
 	EXPLORE_RUNS=$${EXPLORE_RUNS:-300000} EXPLORE_SEEDS=$${EXPLORE_SEEDS:-20000} \
