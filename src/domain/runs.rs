@@ -328,6 +328,20 @@ impl EnvironmentState {
         self.running.as_ref().map(|r| r.deadline_ms)
     }
 
+    /// Remembers a deployment that ended in `state` without ever running here (superseded, or
+    /// ended by someone else while it waited or before it arrived).
+    fn remember_unrun(&mut self, d: &DeploymentToRun, state: DeploymentState, now: u64) {
+        self.remember(FinishedRun {
+            id: d.id,
+            state,
+            token_hash: None,
+            sha: None,
+            pr: d.pr,
+            rank: d.rank.clone(),
+            at_ms: now,
+        });
+    }
+
     fn remember(&mut self, finished: FinishedRun) {
         self.recent.retain(|r| r.id != finished.id);
         self.recent.push(finished);
@@ -443,15 +457,7 @@ fn arrive(s: &mut EnvironmentState, d: &DeploymentToRun, ctx: &Ctx<'_>, settings
     // Someone else ended it before it got here: it never runs.
     if let Some(pos) = s.ended_elsewhere.iter().position(|e| e.id == d.id) {
         let ended = s.ended_elsewhere.remove(pos);
-        s.remember(FinishedRun {
-            id: d.id,
-            state: ended.state,
-            token_hash: None,
-            sha: None,
-            pr: d.pr,
-            rank: d.rank.clone(),
-            at_ms: now,
-        });
+        s.remember_unrun(d, ended.state, now);
         return Verdict::Duplicate { state: ended.state };
     }
     if s.forgotten_up_to.as_ref().is_some_and(|f| d.rank <= *f) {
@@ -523,15 +529,7 @@ fn supersede(s: &mut EnvironmentState, d: &DeploymentToRun, by: DeploymentId, no
         description: truncate_chars(&format!("superseded by deployment #{by}"), DESCRIPTION_LIMIT),
         log_url: None,
     });
-    s.remember(FinishedRun {
-        id: d.id,
-        state: DeploymentState::Inactive,
-        token_hash: None,
-        sha: None,
-        pr: d.pr,
-        rank: d.rank.clone(),
-        at_ms: now,
-    });
+    s.remember_unrun(d, DeploymentState::Inactive, now);
 }
 
 /// Starts the newest queued deployment if nothing runs; every older queued one is superseded.
@@ -658,7 +656,7 @@ fn terminal_status(
     if let Some(pos) = s.queue.iter().position(|d| d.id == id) {
         // Waiting, and ended by someone else: it leaves the queue and never runs.
         let d = s.queue.remove(pos);
-        s.remember(FinishedRun { id, state, token_hash: None, sha: None, pr: d.pr, rank: d.rank, at_ms: now });
+        s.remember_unrun(&d, state, now);
         return Verdict::Accepted;
     }
     if s.knows(id).is_none() {
@@ -761,15 +759,7 @@ pub fn after_work(state: &EnvironmentState, done: &Done, ctx: &Ctx<'_>, settings
             s.queue = waiting;
             for d in ended_queued {
                 let state = ended_on_github(d.id).unwrap_or(DeploymentState::Inactive);
-                s.remember(FinishedRun {
-                    id: d.id,
-                    state,
-                    token_hash: None,
-                    sha: None,
-                    pr: d.pr,
-                    rank: d.rank,
-                    at_ms: now,
-                });
+                s.remember_unrun(&d, state, now);
             }
             let mut ended = false;
             if let Some(run) = &mut s.running {
