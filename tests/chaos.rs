@@ -330,7 +330,7 @@ impl FaultyGitHub {
 }
 
 fn rejected_pr(n: u64) -> bool {
-    n % 11 == 0 || n % 13 == 0
+    n.is_multiple_of(11) || n.is_multiple_of(13)
 }
 
 fn now_rfc3339() -> String {
@@ -398,11 +398,11 @@ impl Respond for FaultyGitHub {
                 let body: Value = serde_json::from_slice(&request.body).unwrap();
                 let pr = body.pointer("/payload/pull_request/number").and_then(Value::as_u64).unwrap_or(0);
                 // Some PRs are refused for good: failed status checks (409), validation (422).
-                if pr % 11 == 0 {
+                if pr.is_multiple_of(11) {
                     return ResponseTemplate::new(409)
                         .set_body_json(json!({"message": "Conflict: Commit status checks failed for main."}));
                 }
-                if pr % 13 == 0 {
+                if pr.is_multiple_of(13) {
                     return ResponseTemplate::new(422).set_body_json(json!({"message": "Validation Failed"}));
                 }
                 state.next_id += 1;
@@ -1213,10 +1213,10 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
                         if status == 200 && delivery.event == "pull_request" {
                             let gh = github_state.lock().unwrap();
                             for d in body["detail"]["deployments"].as_array().cloned().unwrap_or_default() {
-                                if let Some(id) = d["deployment_id"].as_u64() {
-                                    if !gh.deployments.contains_key(&id) {
-                                        violation = Some(format!("2xx for deployment {id} GitHub does not have"));
-                                    }
+                                if let Some(id) = d["deployment_id"].as_u64()
+                                    && !gh.deployments.contains_key(&id)
+                                {
+                                    violation = Some(format!("2xx for deployment {id} GitHub does not have"));
                                 }
                             }
                         }
@@ -1377,11 +1377,11 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
                 let mut answered = false;
                 for _ in 0..10 {
                     let request = Event::github("deployment_status", &new_delivery_id(), &event).request();
-                    if let Ok(response) = tokio::time::timeout(INVOCATION_TIMEOUT, handler.handle(request)).await {
-                        if response.status().is_success() {
-                            answered = true;
-                            break;
-                        }
+                    if let Ok(response) = tokio::time::timeout(INVOCATION_TIMEOUT, handler.handle(request)).await
+                        && response.status().is_success()
+                    {
+                        answered = true;
+                        break;
                     }
                 }
                 assert!(answered, "someone else's terminal status was never accepted");
@@ -1533,11 +1533,11 @@ async fn chaos_one_run_at_a_time_newest_wins_nothing_lost() {
         list.sort();
         let mut latest_end: Option<(u64, u64)> = None; // (end, id)
         for (start, end, id) in list.iter() {
-            if let Some((prev_end, prev)) = latest_end {
-                if *start < prev_end {
-                    overlaps += 1;
-                    violations.push(format!("{repo}/{env}: run of {id} started while {prev}'s was live"));
-                }
+            if let Some((prev_end, prev)) = latest_end
+                && *start < prev_end
+            {
+                overlaps += 1;
+                violations.push(format!("{repo}/{env}: run of {id} started while {prev}'s was live"));
             }
             if latest_end.is_none_or(|(e, _)| *end > e) {
                 latest_end = Some((*end, *id));

@@ -97,14 +97,13 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         let marker = key.marker();
         // An earlier attempt held this claim: it may have created the deployment and died before
         // recording it. Look for our marker before creating a second one.
-        if lease.attempt > 1 {
-            if let Some(id) =
+        if lease.attempt > 1
+            && let Some(id) =
                 self.github.find_deployment(&pr.repo, &pr.merge_sha, &key.environment, &marker, deadline).await?
-            {
-                debug!(deployment_id = %id, "found the deployment an earlier attempt created");
-                self.store.finish_deployment_creation(key, lease, &CreationRecord::Created(id)).await?;
-                return Ok(EnvironmentResult::AlreadyCreated(id));
-            }
+        {
+            debug!(deployment_id = %id, "found the deployment an earlier attempt created");
+            self.store.finish_deployment_creation(key, lease, &CreationRecord::Created(id)).await?;
+            return Ok(EnvironmentResult::AlreadyCreated(id));
         }
         if self.later_merge_there(pr, &key.environment).await? {
             debug!(environment = %key.environment, "a later merge is already deployed or queued: not deploying this one");

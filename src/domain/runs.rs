@@ -359,10 +359,11 @@ impl EnvironmentState {
         if let Some(run) = &mut self.running {
             // The hook was called (its callback came back) but its caller stopped before the
             // 202 was recorded: the result is known, the hook must not be called again.
-            if matches!(run.phase, Phase::Starting) && !lease_live {
-                if let Some(early) = run.early_result.take() {
-                    run.phase = Phase::Finishing { result: early, external: false };
-                }
+            if matches!(run.phase, Phase::Starting)
+                && !lease_live
+                && let Some(early) = run.early_result.take()
+            {
+                run.phase = Phase::Finishing { result: early, external: false };
             }
             let overdue = now >= run.deadline_ms;
             match &run.phase {
@@ -399,7 +400,7 @@ impl EnvironmentState {
 
 fn minutes(ms: u64) -> String {
     let m = ms / 60_000;
-    if m >= 1 && ms % 60_000 == 0 { format!("{m} min") } else { format!("{} s", ms / 1000) }
+    if m >= 1 && ms.is_multiple_of(60_000) { format!("{m} min") } else { format!("{} s", ms / 1000) }
 }
 
 /// Applies `trigger` at time `now` for a caller whose lease token is `token`.
@@ -439,14 +440,14 @@ pub fn apply(state: &EnvironmentState, trigger: &Trigger, ctx: &Ctx<'_>, setting
 
 fn arrive(s: &mut EnvironmentState, d: &DeploymentToRun, ctx: &Ctx<'_>, settings: &RunSettings) -> Verdict {
     let (token, now) = (ctx.token, ctx.now);
-    if let Some(run) = &s.running {
-        if run.deployment.id == d.id {
-            if matches!(run.phase, Phase::Awaiting) {
-                return Verdict::Duplicate { state: DeploymentState::InProgress };
-            }
-            // A redelivery of the running deployment: resume it if its holder is gone.
-            return if s.take_lease(token, now, settings) { Verdict::Started } else { Verdict::Busy };
+    if let Some(run) = &s.running
+        && run.deployment.id == d.id
+    {
+        if matches!(run.phase, Phase::Awaiting) {
+            return Verdict::Duplicate { state: DeploymentState::InProgress };
         }
+        // A redelivery of the running deployment: resume it if its holder is gone.
+        return if s.take_lease(token, now, settings) { Verdict::Started } else { Verdict::Busy };
     }
     if let Some(state) = s.knows(d.id) {
         if state == DeploymentState::Queued {
@@ -463,18 +464,18 @@ fn arrive(s: &mut EnvironmentState, d: &DeploymentToRun, ctx: &Ctx<'_>, settings
     if s.forgotten_up_to.as_ref().is_some_and(|f| d.rank <= *f) {
         return Verdict::Stale;
     }
-    if let Some(started) = &s.started {
-        if d.rank < *started {
-            let by = s
-                .running
-                .as_ref()
-                .map(|r| r.deployment.id)
-                .or_else(|| s.recent.iter().rev().find(|r| r.state != DeploymentState::Inactive).map(|r| r.id))
-                .unwrap_or(DeploymentId(started.1));
-            supersede(s, d, by, now);
-            s.take_lease(token, now, settings);
-            return Verdict::Superseded { by };
-        }
+    if let Some(started) = &s.started
+        && d.rank < *started
+    {
+        let by = s
+            .running
+            .as_ref()
+            .map(|r| r.deployment.id)
+            .or_else(|| s.recent.iter().rev().find(|r| r.state != DeploymentState::Inactive).map(|r| r.id))
+            .unwrap_or(DeploymentId(started.1));
+        supersede(s, d, by, now);
+        s.take_lease(token, now, settings);
+        return Verdict::Superseded { by };
     }
     if let Some(lock) = s.lock.clone().filter(|l| d.requester.as_deref() != Some(l.holder.as_str())) {
         let pos = s.queue.partition_point(|q| q.rank < d.rank);
@@ -825,10 +826,10 @@ pub fn after_work(state: &EnvironmentState, done: &Done, ctx: &Ctx<'_>, settings
             }
         }
         Done::ResultPosted(id) => {
-            if let Some(run) = run_of(&mut s, *id) {
-                if let Phase::Finishing { external, .. } = &mut run.phase {
-                    *external = true;
-                }
+            if let Some(run) = run_of(&mut s, *id)
+                && let Phase::Finishing { external, .. } = &mut run.phase
+            {
+                *external = true;
             }
         }
         Done::RunEnded(id) => {
@@ -898,10 +899,10 @@ pub fn release(state: &EnvironmentState, token: &str, retry_at_ms: Option<u64>) 
 /// Extends the holder's lease before a long step (the hook call).
 pub fn renew(state: &EnvironmentState, token: &str, now: u64, settings: &RunSettings) -> EnvironmentState {
     let mut s = state.clone();
-    if let Some(lease) = &mut s.lease {
-        if lease.token == token {
-            lease.until_ms = lease.until_ms.max(now + settings.lease_ms);
-        }
+    if let Some(lease) = &mut s.lease
+        && lease.token == token
+    {
+        lease.until_ms = lease.until_ms.max(now + settings.lease_ms);
     }
     s
 }

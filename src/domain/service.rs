@@ -320,13 +320,14 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             .store
             .record_deployment_status(&event.repo, event.deployment_id, event.environment.as_ref(), &event.status)
             .await?;
-        if let Some(environment) = event.environment.as_ref().filter(|e| self.manages(e)) {
-            if event.status.state.is_terminal() && !self.posted_by_us(&event.status, deadline).await? {
-                // Also when not `applied` (a redelivery, or a newer status recorded first): the
-                // environment's state is what must know, and applying it again changes nothing.
-                let key = EnvKey { repo: event.repo.clone(), environment: environment.clone() };
-                self.end_run_from_status(&key, event.deployment_id, event.status.state, deadline).await?;
-            }
+        if let Some(environment) = event.environment.as_ref().filter(|e| self.manages(e))
+            && event.status.state.is_terminal()
+            && !self.posted_by_us(&event.status, deadline).await?
+        {
+            // Also when not `applied` (a redelivery, or a newer status recorded first): the
+            // environment's state is what must know, and applying it again changes nothing.
+            let key = EnvKey { repo: event.repo.clone(), environment: environment.clone() };
+            self.end_run_from_status(&key, event.deployment_id, event.status.state, deadline).await?;
         }
         Ok(Outcome::StatusRecorded { id: event.deployment_id, state: event.status.state, applied })
     }

@@ -701,14 +701,12 @@ impl GitHub for GitHubClient {
         self.with_retries("create deployment", deadline, |maybe_applied| {
             let (path, body, marker, refreshed) = (&path, &body, &marker, &refreshed);
             async move {
-                if maybe_applied {
-                    if let Some(marker) = marker {
-                        if let Some(id) =
-                            self.find_deployment(repo, &request.sha, &request.environment, marker, deadline).await?
-                        {
-                            return Ok(Step::Done(CreationRecord::Created(id)));
-                        }
-                    }
+                if maybe_applied
+                    && let Some(marker) = marker
+                    && let Some(id) =
+                        self.find_deployment(repo, &request.sha, &request.environment, marker, deadline).await?
+                {
+                    return Ok(Step::Done(CreationRecord::Created(id)));
                 }
                 let resp = match self.request(Method::POST, path, repo, &deadline).await?.json(body).send().await {
                     Ok(resp) => resp,
