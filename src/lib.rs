@@ -20,5 +20,6 @@ pub mod github;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod repo_config;
 pub mod schedule;
 pub mod store;

@@ -51,6 +51,11 @@ impl Default for DeployRules {
 }
 
 impl DeployRules {
+    /// Rules as a repository's settings list them (possibly none: merges deploy nowhere).
+    pub fn from_rules(rules: Vec<DeployRule>) -> Self {
+        Self(rules)
+    }
+
     pub fn parse(raw: &str) -> Result<Self, RulesError> {
         let mut rules = Vec::new();
         for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
