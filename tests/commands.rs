@@ -61,7 +61,7 @@ async fn permission(app: &TestApp, user: &str, permission: &str, role: &str) {
 
 /// (reactions, reply bodies) the bot posted.
 async fn said(app: &TestApp) -> (Vec<String>, Vec<String>) {
-    let requests = app.github.received_requests().await.unwrap();
+    let requests = app.github_requests().await;
     let body = |r: &wiremock::Request, k: &str| r.body_json::<Value>().unwrap()[k].as_str().unwrap().to_owned();
     let reactions =
         requests.iter().filter(|r| r.url.path().ends_with("/reactions")).map(|r| body(r, "content")).collect();

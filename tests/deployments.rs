@@ -68,7 +68,7 @@ async fn a_deployment_without_a_hook_reports_in_progress_then_success() {
     assert_eq!(body["detail"]["state"], "success");
 
     // in_progress strictly before success.
-    let calls = app.github.received_requests().await.unwrap();
+    let calls = app.github_requests().await;
     let states: Vec<String> =
         calls.iter().map(|r| r.body_json::<Value>().unwrap()["state"].as_str().unwrap().to_owned()).collect();
     assert_eq!(states, ["in_progress", "success"]);
@@ -165,7 +165,11 @@ async fn deployments_to_environments_we_do_not_manage_are_ignored() {
 
     // A hook for an environment makes it managed.
     let app = TestApp::builder().hook(Some("QA"), "http://127.0.0.1:9/unused").start().await;
-    assert!(app.handler.service().manages(&deploy_webhook::domain::Environment::parse("qa").unwrap()));
+    mount_status(&app, "in_progress", 1, 1).await;
+    mount_status(&app, "failure", 2, 1).await;
+    let (status, body) =
+        app.send(&Event::github("deployment", &new_delivery_id(), &deployment_created(DEPLOYMENT_ID, "qa"))).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("processed")), "{body}");
 }
 
 #[tokio::test]

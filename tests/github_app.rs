@@ -361,7 +361,7 @@ async fn installation_tokens_are_scoped_to_the_repository_and_the_functions_perm
         [json!({
             "repositories": [REPO.split_once('/').unwrap().1],
             "permissions": {"deployments": "write", "issues": "write", "pull_requests": "read",
-                            "statuses": "read", "checks": "read", "metadata": "read"},
+                            "statuses": "read", "checks": "write", "contents": "read", "metadata": "read"},
         })]
     );
     assert_eq!(issued.lock().unwrap().len(), 1);

@@ -59,7 +59,7 @@ async fn start(app: &TestApp, hook: &MockServer, id: u64, environment: &str, sec
 }
 
 async fn statuses_posted(app: &TestApp) -> usize {
-    app.github.received_requests().await.unwrap().iter().filter(|r| r.url.path().ends_with("/statuses")).count()
+    app.github_requests().await.iter().filter(|r| r.url.path().ends_with("/statuses")).count()
 }
 
 #[tokio::test]

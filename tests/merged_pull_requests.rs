@@ -63,7 +63,7 @@ async fn a_merged_pr_creates_one_deployment_of_the_merge_commit_with_the_exact_r
     assert_eq!(body["detail"]["deployments"][0]["deployment_id"], 145988746);
     assert_eq!(body["detail"]["deployments"][0]["result"], "created");
 
-    let requests = app.github.received_requests().await.unwrap();
+    let requests = app.github_requests().await;
     assert!(requests[0].headers.get("user-agent").unwrap().to_str().unwrap().starts_with("deploy-webhook/"));
 
     let items = app.items().await;
@@ -109,7 +109,7 @@ async fn rules_choose_environments_and_long_titles_are_cut_to_140_characters() {
     payload["pull_request"]["title"] = json!("ü".repeat(300));
     let (status, body) = app.send(&Event::github("pull_request", &new_delivery_id(), &payload)).await;
     assert_eq!(status, 200, "{body}");
-    let sent: Value = app.github.received_requests().await.unwrap()[0].body_json().unwrap();
+    let sent: Value = app.github_requests().await[0].body_json().unwrap();
     assert_eq!(sent["description"].as_str().unwrap().chars().count(), 140);
 
     // Two rules for one branch: one deployment for each environment.

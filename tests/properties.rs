@@ -204,7 +204,7 @@ fn unicode_branches_and_titles_are_handled_and_descriptions_stay_under_140() {
         })
         .unwrap();
     rt.block_on(async {
-        for request in app.github.received_requests().await.unwrap() {
+        for request in app.github_requests().await {
             let sent: Value = request.body_json().unwrap();
             assert!(sent["description"].as_str().unwrap().chars().count() <= 140);
         }

@@ -122,7 +122,7 @@ async fn an_asynchronous_hook_keeps_the_run_in_progress_until_its_signed_callbac
 
     let posts = posted(&app).await;
     assert_eq!(states_of(&posts, 11), ["in_progress", "in_progress", "success"]);
-    let requests = app.github.received_requests().await.unwrap();
+    let requests = app.github_requests().await;
     let progress: Value = requests[1].body_json().unwrap();
     assert_eq!(progress["log_url"], "https://ci.example.com/1");
     let result: Value = requests[2].body_json().unwrap();
@@ -245,7 +245,7 @@ async fn an_older_merge_never_deploys_over_a_later_one() {
     pr["pull_request"]["merged_at"] = json!("2026-11-22T19:04:00Z");
     let (status, body) = app.send(&Event::github("pull_request", &new_delivery_id(), &pr)).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("superseded")), "{body}");
-    assert!(app.github.received_requests().await.unwrap().iter().all(|r| !r.url.path().ends_with("/deployments")));
+    assert!(app.github_requests().await.iter().all(|r| !r.url.path().ends_with("/deployments")));
 }
 
 #[tokio::test]

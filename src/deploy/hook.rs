@@ -20,10 +20,11 @@ use tracing::{debug, warn};
 
 use crate::deploy::slack::{self, SlackTargets};
 use crate::domain::Deadline;
-use crate::domain::ports::{Announcement, DeployAction, HookAnswer, HookCall};
+use crate::domain::ports::{Announcement, DeployAction, HookAnswer, HookCall, StackTargets};
 use crate::domain::runs::RunResult;
 use crate::domain::types::{DeploymentState, Environment};
 use crate::http::signature::HookSecrets;
+use crate::repo_config::ActionSettings;
 
 /// Where each environment deploys to and is served from.
 #[derive(Clone, Debug, Default)]
@@ -109,36 +110,35 @@ fn finished(
 
 impl DeployAction for HookDeployer {
     async fn announce(&self, announcement: &Announcement<'_>) {
-        if let Some(url) = self.slack.url_for(announcement.environment) {
+        if let Some(url) = announcement.slack.and_then(|name| self.slack.named(name)) {
             slack::post(&self.http, url, slack::text(announcement, &self.html_url)).await;
         }
     }
 
-    /// An environment managed only through its own `DEPLOY_HOOK_URL_<SUFFIX>` has exactly one
-    /// name: the suffix lower-cased (`DEPLOY_HOOK_URL_STAGING_EU` → `staging_eu`). Other spellings
-    /// with the same suffix (`STAGING_EU`, `Staging.EU`, `staging/eu`) would be other environments
-    /// for runs, queues and locks while sharing one hook, so they are not managed; an environment
-    /// named in `DEPLOY_RULES` or `BRANCH_DEPLOY_ENVIRONMENTS` is managed under that exact name.
-    fn configured_for(&self, environment: &Environment) -> bool {
-        let suffix = environment.env_var_suffix();
-        self.targets.hooks.contains_key(&suffix)
-            && !self.targets.named.contains(&suffix)
-            && environment.as_str() == suffix.to_ascii_lowercase()
-    }
-
-    fn environment_url(&self, environment: &Environment) -> Option<String> {
-        self.targets.environment_url_for(environment).map(str::to_owned)
+    fn stack_targets(&self) -> StackTargets {
+        let (default_hook_secret, hook_secret_names) = self.secrets.names();
+        StackTargets {
+            default_hook: self.targets.default_hook.clone(),
+            hooks: self.targets.hooks.clone(),
+            default_environment_url: self.targets.default_environment_url.clone(),
+            environment_urls: self.targets.environment_urls.clone(),
+            default_hook_secret,
+            hook_secret_names,
+            default_slack: self.slack.default_url.is_some(),
+            slack_names: self.slack.urls.keys().cloned().collect(),
+        }
     }
 
     async fn deploy(&self, call: &HookCall<'_>, deadline: Deadline) -> HookAnswer {
         let d = call.deployment;
-        let environment_url = self.environment_url(call.environment);
+        let environment_url = call.environment_url.map(str::to_owned);
         let deployed = format!("Deployed {} to {}", d.sha.short(), call.environment);
-        let Some(url) = self.targets.hook_for(call.environment) else {
+        let ActionSettings::Hook { url, secret } = call.action else {
             return finished(DeploymentState::Success, deployed, HookAnswerBody::default(), environment_url);
         };
-        // Config makes sure an environment with a hook has a secret; without one, no unsigned call.
-        let Some(secrets) = self.secrets.for_environment(call.environment) else {
+        // Config and the repository's settings make sure a hook has a secret; without one, no
+        // unsigned call.
+        let Some(secrets) = self.secrets.named(secret) else {
             warn!(deployment_id = %d.id, "no hook signing secret for this environment; the hook is not called");
             return finished(DeploymentState::Failure, "No hook signing secret".to_owned(), Default::default(), None);
         };

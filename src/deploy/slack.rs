@@ -23,6 +23,14 @@ pub struct SlackTargets {
 }
 
 impl SlackTargets {
+    /// The webhook held under `name` (`SLACK_WEBHOOK_URL` or `SLACK_WEBHOOK_URL_<NAME>`).
+    pub fn named(&self, name: &crate::repo_config::SecretName) -> Option<&str> {
+        match name {
+            crate::repo_config::SecretName::Default => self.default_url.as_deref(),
+            crate::repo_config::SecretName::Named(suffix) => self.urls.get(suffix).map(String::as_str),
+        }
+    }
+
     pub fn url_for(&self, environment: &Environment) -> Option<&str> {
         self.urls.get(&environment.env_var_suffix()).or(self.default_url.as_ref()).map(String::as_str)
     }
@@ -96,6 +104,7 @@ mod tests {
             duration_ms: Some(95_000),
             log_url: Some("https://ci.example.com/9"),
             environment_url: None,
+            slack: None,
         };
         let t = text(&a, "https://github.com");
         assert!(

@@ -20,6 +20,7 @@ use super::ports::{
 use super::runs::{DESCRIPTION_LIMIT, Phase, Trigger, Verdict};
 use super::service::{Outcome, Service, ServiceError};
 use super::types::{DeliveryId, DeploymentId, Environment, Sha, truncate_chars};
+use crate::repo_config::RepoSettings;
 
 /// A parsed command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,6 +162,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         &self,
         delivery: &DeliveryId,
         cmd: &CommentCommand,
+        settings: &RepoSettings,
         deadline: Deadline,
     ) -> Result<Outcome, ServiceError> {
         // A comment handled before is answered from its record: nothing asked of GitHub.
@@ -170,7 +172,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         // Permission next: a read. Nothing is written (no claim, no reply) for someone who may
         // not run commands: at most one 😕, within a per-user hourly budget kept in DynamoDB.
         let permission = self.github.permission(&cmd.repo, &cmd.author, deadline).await?;
-        if !self.may_command(&permission) {
+        if !Self::may_command(&settings.commands.permissions, &permission) {
             let hour = self.clock.now_ms() / HOUR_MS;
             if self.store.count_user_write(&cmd.author, hour, REFUSED_WRITES_PER_HOUR).await? {
                 self.github.react(&cmd.repo, cmd.comment_id, "confused", deadline).await?;
@@ -186,7 +188,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             }
             Claim::Busy => return Err(ServiceError::InProgress),
         };
-        match self.run_command_claimed(cmd, &lease, deadline).await {
+        match self.run_command_claimed(cmd, settings, &lease, deadline).await {
             Ok(result) => {
                 let recorded = match &result {
                     CommandResult::Deployed(id) => format!("deployed {id}"),
@@ -204,11 +206,11 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         }
     }
 
-    /// Whether the commenter's access is one of `CHATOPS_PERMISSIONS`. GitHub's `permission`
+    /// Whether the commenter's access is one the repository's settings allow (`commands.permissions`, `CHATOPS_PERMISSIONS`). GitHub's `permission`
     /// reports `maintain` as `write` and `triage` as `read`; `role_name` is the real role. A
     /// `maintain` role also counts as `write`.
-    fn may_command(&self, permission: &Permission) -> bool {
-        let listed = |p: &str| self.settings.chatops_permissions.iter().any(|a| a == p);
+    fn may_command(allowed: &[String], permission: &Permission) -> bool {
+        let listed = |p: &str| allowed.iter().any(|a| a == p);
         let role_ok = permission.role.as_deref().is_some_and(|r| listed(r) || (r == "maintain" && listed("write")));
         // The legacy field, for roles GitHub does not name (custom roles): admin, write or read.
         let legacy_ok = match permission.role.as_deref() {
@@ -227,6 +229,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
     async fn run_command_claimed(
         &self,
         cmd: &CommentCommand,
+        settings: &RepoSettings,
         _lease: &Lease,
         deadline: Deadline,
     ) -> Result<CommandResult, ServiceError> {
@@ -239,10 +242,11 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         let who = login(&cmd.author);
         let environment = match command.environment() {
             None => None,
-            Some(raw) => match Environment::parse(raw).ok().filter(|e| self.manages(e)) {
+            Some(raw) => match Environment::parse(raw).ok().filter(|e| settings.manages(e)) {
                 Some(env) => Some(env),
                 None => {
-                    let mut known: Vec<String> = self.known_environments().iter().map(|e| format!("`{e}`")).collect();
+                    let mut known: Vec<String> =
+                        known_environments(settings).iter().map(|e| format!("`{e}`")).collect();
                     known.sort();
                     let why = format!("Unknown environment {}. Environments: {}.", escape(raw), known.join(", "));
                     return self.refuse(cmd, &why, deadline).await;
@@ -252,7 +256,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         self.github.react(&cmd.repo, cmd.comment_id, "eyes", deadline).await?;
         match (command, environment) {
             (Command::Status, _) => {
-                let table = self.status_table(cmd, deadline).await?;
+                let table = self.status_table(cmd, settings, deadline).await?;
                 self.github.comment(&cmd.repo, cmd.issue, &table, deadline).await?;
                 Ok(CommandResult::Replied)
             }
@@ -308,8 +312,11 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                     .await
             }
             (Command::DeployBranch { .. }, Some(env)) => {
-                if !self.settings.branch_deploy_environments.contains(&env) {
-                    let why = format!("Branch deploys to `{env}` are not enabled (`BRANCH_DEPLOY_ENVIRONMENTS`).");
+                if !settings.branch_deploys_to(&env) {
+                    let why = format!(
+                        "Branch deploys to `{env}` are not enabled (`branch_deploys` in {}, or `BRANCH_DEPLOY_ENVIRONMENTS`).",
+                        crate::repo_config::CONFIG_PATH
+                    );
                     return self.refuse(cmd, &why, deadline).await;
                 }
                 if !cmd.on_pull_request {
@@ -325,7 +332,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                     return self.refuse(cmd, why, deadline).await;
                 }
                 let description = format!("Branch deploy of #{} to {env} by @{who}", cmd.issue);
-                let contexts = self.settings.required_contexts.get(&env.env_var_suffix()).cloned();
+                let contexts = settings.environment(&env).and_then(|e| e.required_contexts.clone());
                 self.deploy_for_command(
                     cmd,
                     &env,
@@ -339,16 +346,18 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                 .await
             }
             (Command::DeploySha { sha, .. }, Some(env)) => {
-                if !self.settings.allow_sha_deployments {
-                    return self
-                        .refuse(cmd, "Deploying a given commit is not enabled (`ALLOW_SHA_DEPLOYMENTS`).", deadline)
-                        .await;
+                if !settings.commands.sha_deploys {
+                    let why = format!(
+                        "Deploying a given commit is not enabled (`commands.sha_deploys` in {}, or `ALLOW_SHA_DEPLOYMENTS`).",
+                        crate::repo_config::CONFIG_PATH
+                    );
+                    return self.refuse(cmd, &why, deadline).await;
                 }
                 let Ok(sha) = Sha::parse(&sha) else {
                     return self.refuse(cmd, "Give the full commit SHA (40 hex digits).", deadline).await;
                 };
                 let description = format!("Deploy of {} to {env} by @{who}", sha.short());
-                let contexts = self.settings.required_contexts.get(&env.env_var_suffix()).cloned();
+                let contexts = settings.environment(&env).and_then(|e| e.required_contexts.clone());
                 self.deploy_for_command(cmd, &env, &sha, description, "deploy", None, contexts, deadline).await
             }
             _ => {
@@ -388,7 +397,9 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                     sha: sha.clone(),
                     environment: env.clone(),
                     description: truncate_chars(&description, DESCRIPTION_LIMIT),
-                    production_environment: env.is_production(),
+                    production_environment: self
+                        .environment_settings(&EnvKey { repo: cmd.repo.clone(), environment: env.clone() })
+                        .production,
                     payload,
                     required_contexts,
                 };
@@ -422,20 +433,16 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         Ok(CommandResult::Deployed(id))
     }
 
-    /// Every environment this deployer runs, for `.status` and error messages.
-    fn known_environments(&self) -> Vec<Environment> {
-        let mut envs: Vec<Environment> = self.settings.rules.environments().cloned().collect();
-        envs.extend(self.settings.branch_deploy_environments.iter().cloned());
-        envs.sort();
-        envs.dedup();
-        envs
-    }
-
-    async fn status_table(&self, cmd: &CommentCommand, _deadline: Deadline) -> Result<String, ServiceError> {
+    async fn status_table(
+        &self,
+        cmd: &CommentCommand,
+        settings: &RepoSettings,
+        _deadline: Deadline,
+    ) -> Result<String, ServiceError> {
         let mut out = String::from(
             "| Environment | Deployed | Last run | Running | Queued | Lock |\n|---|---|---|---|---|---|\n",
         );
-        for env in self.known_environments() {
+        for env in known_environments(settings) {
             let key = EnvKey { repo: cmd.repo.clone(), environment: env.clone() };
             let state = self.store.load_environment(&key).await?.state;
             let deployed = match &state.last_success {
@@ -469,8 +476,31 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             });
             let _ = writeln!(out, "| `{env}` | {deployed} | {last} | {running} | {queued} | {lock} |");
         }
+        if let Some(broken) = &settings.broken {
+            let since = broken.commit.as_deref().map_or_else(
+                || format!("blob `{}`", broken.blob.get(..7).unwrap_or(&broken.blob)),
+                |c| format!("commit {}", c.get(..7).unwrap_or(c)),
+            );
+            let first = broken.errors.first().map(|e| escape(e)).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "\n⚠️ The configuration is broken since {since}: `{first}`{}. The last valid one is in force.",
+                match broken.errors.len() {
+                    1 => String::new(),
+                    n => format!(" (and {} more)", n - 1),
+                }
+            );
+        }
         Ok(out)
     }
+}
+
+/// Every environment the repository's settings name, for `.status` and error messages.
+fn known_environments(settings: &RepoSettings) -> Vec<Environment> {
+    let mut envs: Vec<Environment> = settings.environments.iter().map(|e| e.name.clone()).collect();
+    envs.sort();
+    envs.dedup();
+    envs
 }
 
 #[cfg(test)]

@@ -112,7 +112,10 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         }
 
         let mut request = new_deployment(delivery, pr, key, &marker);
-        request.required_contexts = self.settings.required_contexts.get(&key.environment.env_var_suffix()).cloned();
+        let settings =
+            self.environment_settings(&EnvKey { repo: key.repo.clone(), environment: key.environment.clone() });
+        request.required_contexts = settings.required_contexts;
+        request.production_environment = settings.production;
         let record = match self.github.create_deployment(&pr.repo, &request, deadline).await? {
             CreationRecord::ChecksPending { contexts } => {
                 // Checks still running: wait for them (a `check_suite` or `status` event, or the

@@ -20,6 +20,20 @@ pub enum WebhookEvent {
         sha: Sha,
         installation: Option<u64>,
     },
+    /// A push to a repository's default branch; `touched`: it changes the configuration file.
+    DefaultBranchPushed {
+        repo: RepoFullName,
+        after: Sha,
+        touched: bool,
+        installation: Option<u64>,
+    },
+    /// A pull request opened, reopened or pushed to: a dry run if it changes the configuration.
+    PullRequestUpdated {
+        repo: RepoFullName,
+        number: u64,
+        head_sha: Sha,
+        installation: Option<u64>,
+    },
     /// An event or action we don't act on, with a short reason for the response.
     Ignored {
         reason: String,
@@ -35,7 +49,23 @@ impl WebhookEvent {
             Self::DeploymentStatus(e) => e.installation.map(|i| (&e.repo, i)),
             Self::Command(e) => e.installation.map(|i| (&e.repo, i)),
             Self::ChecksCompleted { repo, installation, .. } => installation.map(|i| (repo, i)),
+            Self::DefaultBranchPushed { repo, installation, .. } => installation.map(|i| (repo, i)),
+            Self::PullRequestUpdated { repo, installation, .. } => installation.map(|i| (repo, i)),
             _ => None,
+        }
+    }
+
+    /// The repository a delivery is about, when it is about one.
+    pub fn repo(&self) -> Option<&RepoFullName> {
+        match self {
+            Self::PullRequestMerged(e) => Some(&e.repo),
+            Self::DeploymentCreated(e) => Some(&e.repo),
+            Self::DeploymentStatus(e) => Some(&e.repo),
+            Self::Command(e) => Some(&e.repo),
+            Self::ChecksCompleted { repo, .. }
+            | Self::DefaultBranchPushed { repo, .. }
+            | Self::PullRequestUpdated { repo, .. } => Some(repo),
+            Self::Ping { .. } | Self::Ignored { .. } => None,
         }
     }
 
@@ -47,6 +77,8 @@ impl WebhookEvent {
             Self::DeploymentStatus(_) => "deployment_status",
             Self::Command(_) => "issue_comment",
             Self::ChecksCompleted { .. } => "checks",
+            Self::DefaultBranchPushed { .. } => "push",
+            Self::PullRequestUpdated { .. } => "pull_request",
             Self::Ignored { .. } => "ignored",
         }
     }

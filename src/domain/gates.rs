@@ -64,7 +64,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                 environment: environment.clone(),
                 delivery: delivery.clone(),
                 contexts: contexts.to_vec(),
-                until_ms: now + self.settings.checks_wait.as_millis() as u64,
+                until_ms: now + self.checks_wait_for(&pr.repo, environment).as_millis() as u64,
                 next_try_ms: now + RETRY_MS,
             });
             match self.store.save_checks_wait(&pr.repo, &pr.merge_sha, &next, current.version).await? {
@@ -150,7 +150,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             // Someone created or refused it meanwhile.
             _ => return Ok(()),
         };
-        let minutes = self.settings.checks_wait.as_secs() / 60;
+        let minutes = self.checks_wait_for(&merge.pr.repo, &merge.environment).as_secs() / 60;
         let message = format!("required checks still pending after {minutes} min: {}", merge.contexts.join(", "));
         warn!(pr = merge.pr.number, environment = %merge.environment, contexts = ?merge.contexts, "gave up waiting for checks");
         let record = CreationRecord::Rejected { status: 409, message };
@@ -163,6 +163,10 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         let due = self.store.due_checks_waits(self.clock.now_ms(), 25).await?;
         let mut handled = 0;
         for (repo, sha) in due {
+            if let Err(err) = self.repo_config(&repo, deadline).await {
+                warn!(%repo, error = %err, "could not read the repository's configuration; the next sweep tries again");
+                continue;
+            }
             match self.checks_completed(&repo, &sha, deadline).await {
                 Ok(_) => handled += 1,
                 Err(err) => warn!(%repo, %sha, error = %err, "could not retry merges waiting for checks"),

@@ -2,6 +2,7 @@
 //! wire types live here; adapters implement the [`ports`].
 
 pub mod commands;
+pub mod configuration;
 pub mod creation;
 pub mod deadline;
 pub mod event;

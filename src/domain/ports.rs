@@ -90,6 +90,21 @@ pub struct Versioned<T = EnvironmentState> {
     pub version: u64,
 }
 
+/// What is kept of a repository's configuration: the files of its last valid configuration
+/// (re-resolved over the stack's settings when read), and what broke it since.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredRepoConfig {
+    pub files: Vec<StoredConfigFile>,
+    pub broken: Option<crate::repo_config::BrokenConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredConfigFile {
+    pub repo: String,
+    pub blob: String,
+    pub text: String,
+}
+
 pub trait Store: Send + Sync {
     /// Claims a creation: absent, or its holder's lease ran out; with `after_wait`, also one
     /// that waits for its checks.
@@ -223,6 +238,25 @@ pub trait Store: Send + Sync {
     ) -> impl Future<Output = Result<Vec<(RepoFullName, Sha)>, StoreError>> + Send;
 
     /// What the redelivery sweep knows of one webhook's deliveries.
+    /// The repository's last valid configuration files, and what is broken since (absent:
+    /// version 0). Stores without it (test doubles) have none.
+    fn load_repo_config(
+        &self,
+        _repo: &RepoFullName,
+    ) -> impl Future<Output = Result<Versioned<StoredRepoConfig>, StoreError>> + Send {
+        async { Ok(Versioned { state: StoredRepoConfig::default(), version: 0 }) }
+    }
+
+    /// Saves it if still at `expected` (else the newer one).
+    fn save_repo_config(
+        &self,
+        _repo: &RepoFullName,
+        _config: &StoredRepoConfig,
+        expected: u64,
+    ) -> impl Future<Output = Result<Result<u64, Versioned<StoredRepoConfig>>, StoreError>> + Send {
+        async move { Ok(Ok(expected + 1)) }
+    }
+
     fn load_redelivery(
         &self,
         hook: &HookRef,
@@ -311,6 +345,28 @@ pub struct PullRequestHead {
     /// `owner/name` of the head's repository; another one than the base's is a fork.
     pub head_repo: Option<String>,
     pub head_ref: String,
+}
+
+/// A file read through the contents API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepoBlob {
+    /// The blob's sha: the same content has the same sha.
+    pub sha: String,
+    pub size: u64,
+    /// The text (empty when larger than the configuration's cap, which `size` shows).
+    pub text: String,
+}
+
+/// `POST /repos/{repo}/check-runs`, completed at once.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewCheckRun {
+    pub name: String,
+    pub head_sha: String,
+    pub success: bool,
+    pub title: String,
+    pub summary: String,
+    /// Problems in files of this repository: (path, line, message).
+    pub annotations: Vec<(String, u64, String)>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -419,6 +475,28 @@ pub trait GitHub: Send + Sync {
         async { Ok(false) }
     }
 
+    /// A file of `repo` at `git_ref` (default: the default branch). `None`: no such file, or no
+    /// access to it (the repository is not in the installation). Test doubles have none.
+    fn get_file(
+        &self,
+        _repo: &RepoFullName,
+        _path: &str,
+        _git_ref: Option<&str>,
+        _deadline: Deadline,
+    ) -> impl Future<Output = Result<Option<RepoBlob>, GitHubError>> + Send {
+        async { Ok(None) }
+    }
+
+    /// Creates a completed check run on a commit.
+    fn create_check_run(
+        &self,
+        _repo: &RepoFullName,
+        _run: &NewCheckRun,
+        _deadline: Deadline,
+    ) -> impl Future<Output = Result<(), GitHubError>> + Send {
+        async { Ok(()) }
+    }
+
     /// The attempts delivered to `hook` since `since` (RFC 3339), newest first.
     fn list_hook_deliveries(
         &self,
@@ -448,6 +526,10 @@ pub struct HookCall<'a> {
     pub callback_url: Option<String>,
     /// The run's deadline (Unix ms): no result by then is an `error`.
     pub deadline_ms: u64,
+    /// What the repository's settings say to call (`Succeed`: nothing).
+    pub action: &'a crate::repo_config::ActionSettings,
+    /// The environment's URL, unless the deploy system gives one.
+    pub environment_url: Option<&'a str>,
 }
 
 /// What the hook answered.
@@ -473,6 +555,23 @@ pub struct Announcement<'a> {
     pub duration_ms: Option<u64>,
     pub log_url: Option<&'a str>,
     pub environment_url: Option<&'a str>,
+    /// The Slack webhook the repository's settings name for the environment.
+    pub slack: Option<&'a crate::repo_config::SecretName>,
+}
+
+/// What the stack's settings configure for deploy actions, as the base of every repository's
+/// settings: hooks and URLs by environment suffix, and the names of the secrets it holds (never
+/// the secrets).
+#[derive(Clone, Debug, Default)]
+pub struct StackTargets {
+    pub default_hook: Option<String>,
+    pub hooks: std::collections::HashMap<String, String>,
+    pub default_environment_url: Option<String>,
+    pub environment_urls: std::collections::HashMap<String, String>,
+    pub default_hook_secret: bool,
+    pub hook_secret_names: std::collections::HashSet<String>,
+    pub default_slack: bool,
+    pub slack_names: std::collections::HashSet<String>,
 }
 
 pub trait DeployAction: Send + Sync {
@@ -481,11 +580,10 @@ pub trait DeployAction: Send + Sync {
         async {}
     }
 
-    /// Whether this action has something configured for `environment` (a hook URL).
-    fn configured_for(&self, environment: &Environment) -> bool;
-
-    /// The URL the run's environment is served from, if configured.
-    fn environment_url(&self, environment: &Environment) -> Option<String>;
+    /// What the stack's settings configure (the base of every repository's settings).
+    fn stack_targets(&self) -> StackTargets {
+        StackTargets::default()
+    }
 
     /// Runs the environment's deploy. Never fails as such: a failed deploy is a `failure` result.
     fn deploy(&self, call: &HookCall<'_>, deadline: Deadline) -> impl Future<Output = HookAnswer> + Send;

@@ -166,6 +166,12 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                 warn!("the sweep ran out of time; the next one goes on");
                 break;
             }
+            // The repository's settings (its timeouts, its hook) before its runs are driven.
+            if let Err(err) = self.repo_config(&key.repo, deadline).await {
+                report.failed += 1;
+                warn!(repository = %key.repo, error = %err, "the sweep could not read the repository's configuration; the next sweep tries again");
+                continue;
+            }
             match self.act(&key, Some(current), &Trigger::Sweep, deadline).await.map(|(verdict, _)| verdict) {
                 Ok(Verdict::Accepted) => report.healed += 1,
                 Ok(_) => {}
@@ -206,7 +212,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         trigger: &Trigger,
         me: &Holder,
     ) -> Result<(Verdict, Versioned), ServiceError> {
-        let settings = self.settings.runs_for(&key.environment);
+        let settings = self.run_settings(key);
         let mut current = match known {
             Some(v) => v,
             None => self.store.load_environment(key).await?,
@@ -232,7 +238,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         me: &Holder,
         deadline: Deadline,
     ) -> Result<Versioned, ServiceError> {
-        let settings = self.settings.runs_for(&key.environment);
+        let settings = self.run_settings(key);
         // Work done since the last write, re-applied onto a fresher state after a conflict.
         let mut unsaved: Vec<Done> = Vec::new();
         let mut must_persist = false;
@@ -328,7 +334,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         me: &Holder,
         finish: impl Fn(&EnvironmentState) -> EnvironmentState,
     ) -> Result<Versioned, ServiceError> {
-        let settings = self.settings.runs_for(&key.environment);
+        let settings = self.run_settings(key);
         for _ in 0..MAX_CONFLICTS {
             let ctx = me.ctx(self.clock.now_ms());
             let state = finish(&with_work(&current.state, unsaved, &ctx, &settings));
@@ -423,7 +429,9 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                 };
                 self.github.create_deployment_status(repo, run.deployment.id, &status, deadline).await?;
                 let now = self.clock.now_ms();
-                self.deployer.announce(&announcement(key, run, DeploymentState::InProgress, None, None, None)).await;
+                let slack = self.environment_settings(key).slack;
+                let notice = announcement(key, run, DeploymentState::InProgress, None, (None, None), slack.as_ref());
+                self.deployer.announce(&notice).await;
                 metrics::emit(
                     now,
                     Some(("Environment", environment.as_str())),
@@ -446,12 +454,15 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                 }
                 let token = CallbackToken::new(repo, environment, run.deployment.id, &me.secret);
                 let base = self.settings.public_url.as_deref().or(run.deployment.callback_base.as_deref());
+                let settings = self.environment_settings(key);
                 let call = HookCall {
                     repo,
                     environment,
                     deployment: &run.deployment,
                     callback_url: base.map(|b| format!("{}/callbacks/{}", b.trim_end_matches('/'), token.as_str())),
                     deadline_ms: run.deadline_ms,
+                    action: &settings.action,
+                    environment_url: settings.environment_url.as_deref(),
                 };
                 let result = match self.deployer.deploy(&call, deadline).await {
                     HookAnswer::Finished(result) => Some(result),
@@ -461,14 +472,13 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             }
             Work::PostResult(result) => {
                 let run = running(state)?;
+                let settings = self.environment_settings(key);
                 let status = NewStatus {
                     state: result.state,
                     description: truncate_chars(&result.description, DESCRIPTION_LIMIT),
                     log_url: result.log_url.clone(),
                     environment_url: result.environment_url.clone().or_else(|| {
-                        (result.state == DeploymentState::Success)
-                            .then(|| self.deployer.environment_url(environment))
-                            .flatten()
+                        (result.state == DeploymentState::Success).then(|| settings.environment_url.clone()).flatten()
                     }),
                 };
                 self.github.create_deployment_status(repo, run.deployment.id, &status, deadline).await?;
@@ -476,7 +486,9 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                 let now = self.clock.now_ms();
                 let took = Some(now.saturating_sub(run.started_ms));
                 let links = (status.log_url.as_deref(), status.environment_url.as_deref());
-                self.deployer.announce(&announcement(key, run, result.state, took, links.0, links.1)).await;
+                self.deployer
+                    .announce(&announcement(key, run, result.state, took, links, settings.slack.as_ref()))
+                    .await;
                 let outcome = match result.state {
                     DeploymentState::Success => "DeploymentsSucceeded",
                     DeploymentState::Error if now >= run.deadline_ms => "DeploymentsTimedOut",
@@ -544,8 +556,8 @@ fn announcement<'a>(
     run: &'a runs::Run,
     state: DeploymentState,
     duration_ms: Option<u64>,
-    log_url: Option<&'a str>,
-    environment_url: Option<&'a str>,
+    (log_url, environment_url): (Option<&'a str>, Option<&'a str>),
+    slack: Option<&'a crate::repo_config::SecretName>,
 ) -> super::ports::Announcement<'a> {
     super::ports::Announcement {
         repo: &key.repo,
@@ -558,6 +570,7 @@ fn announcement<'a>(
         duration_ms,
         log_url,
         environment_url,
+        slack,
     }
 }
 

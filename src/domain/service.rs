@@ -8,12 +8,14 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::commands::CommandResult;
+use super::configuration::RepoConfig;
 use super::deadline::Deadline;
 use super::event::{Delivery, DeploymentStatusEvent, WebhookEvent};
 use super::ports::{Clock, DeployAction, EnvKey, GitHub, GitHubError, Store, StoreError, SystemClock};
 use super::rules::DeployRules;
 use super::runs::{RunSettings, Verdict};
 use super::types::{DeploymentId, DeploymentState, Environment};
+use crate::repo_config::RepoSettings;
 
 #[derive(Clone, Debug)]
 pub struct ServiceSettings {
@@ -48,6 +50,11 @@ pub struct ServiceSettings {
     pub github_html_url: String,
     /// `CHECKS_WAIT_MINUTES`: how long a merge waits for pending checks before it is rejected.
     pub checks_wait: Duration,
+    /// What repository files may not widen (`PINNED_SETTINGS`, `ALLOWED_HOOK_HOSTS`,
+    /// `COMMAND_PERMISSION_FLOOR`).
+    pub limits: crate::repo_config::OperatorLimits,
+    /// `CONFIG_RECHECK_SECONDS`: how long a warm instance trusts the files it read.
+    pub config_recheck: Duration,
 }
 
 impl ServiceSettings {
@@ -69,12 +76,12 @@ impl ServiceSettings {
             required_contexts: Default::default(),
             github_html_url: "https://github.com".to_owned(),
             checks_wait: Duration::from_secs(60 * 60),
+            limits: crate::repo_config::OperatorLimits {
+                permission_floor: crate::repo_config::resolve::ROLES.iter().position(|r| *r == "write").unwrap_or(2),
+                ..Default::default()
+            },
+            config_recheck: Duration::from_secs(300),
         }
-    }
-
-    pub(crate) fn runs_for(&self, environment: &Environment) -> RunSettings {
-        let timeout = self.run_timeouts.get(&environment.env_var_suffix()).copied().unwrap_or(self.run_timeout);
-        RunSettings { lease_ms: self.lease.as_millis() as u64, run_timeout_ms: timeout.as_millis() as u64 }
     }
 }
 
@@ -110,6 +117,16 @@ pub enum Outcome {
         comment_id: u64,
         result: CommandResult,
     },
+    /// The repository has no valid configuration: nothing deploys.
+    Refused {
+        reason: String,
+    },
+    /// A configuration file checked (a push, or a pull request's dry run): a check run posted.
+    ConfigChecked {
+        valid: bool,
+        /// Settings that would change once the pull request is merged.
+        changes: usize,
+    },
     /// Checks completed on a commit that merges wait for.
     ChecksChecked {
         created: usize,
@@ -141,6 +158,9 @@ impl Outcome {
         match self {
             Self::Pong => "pong",
             Self::Ignored { .. } => "ignored",
+            Self::Refused { .. } => "refused",
+            Self::ConfigChecked { valid: true, .. } => "config_valid",
+            Self::ConfigChecked { valid: false, .. } => "config_invalid",
             Self::DeploymentsRequested { results } => {
                 let all = |f: fn(&EnvironmentResult) -> bool| results.iter().all(|(_, r)| f(r));
                 if all(|r| matches!(r, EnvironmentResult::Rejected { .. })) {
@@ -176,7 +196,8 @@ impl Outcome {
     pub fn detail(&self) -> serde_json::Value {
         match self {
             Self::Pong => json!({}),
-            Self::Ignored { reason } => json!({ "reason": reason }),
+            Self::Ignored { reason } | Self::Refused { reason } => json!({ "reason": reason }),
+            Self::ConfigChecked { changes, .. } => json!({ "changes": changes }),
             Self::DeploymentsRequested { results } => json!({
                 "deployments": results.iter().map(|(env, r)| match r {
                     EnvironmentResult::Created(id) => json!({"environment": env.as_str(), "result": "created", "deployment_id": id.0}),
@@ -235,7 +256,9 @@ pub struct Service<S, G, D, C = SystemClock> {
     pub(crate) deployer: D,
     pub(crate) clock: C,
     pub(crate) settings: ServiceSettings,
-    managed: HashSet<Environment>,
+    /// The stack's settings as the base layer of every repository's.
+    pub(crate) stack: std::sync::Arc<crate::repo_config::StackDefaults>,
+    pub(crate) config_cache: super::configuration::ConfigCache,
 }
 
 impl<S: Store, G: GitHub, D: DeployAction> Service<S, G, D, SystemClock> {
@@ -246,30 +269,46 @@ impl<S: Store, G: GitHub, D: DeployAction> Service<S, G, D, SystemClock> {
 
 impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
     pub fn with_clock(store: S, github: G, deployer: D, clock: C, settings: ServiceSettings) -> Self {
-        let managed = settings.rules.environments().cloned().collect();
-        Self { store, github, deployer, clock, settings, managed }
+        let stack = std::sync::Arc::new(super::configuration::stack_defaults(&settings, deployer.stack_targets()));
+        Self { store, github, deployer, clock, settings, stack, config_cache: Default::default() }
     }
 
     pub fn store(&self) -> &S {
         &self.store
     }
 
-    /// Environments this deployer runs: every rule's environment, and any with a deploy hook.
-    pub fn manages(&self, environment: &Environment) -> bool {
-        self.managed.contains(environment)
-            || self.deployer.configured_for(environment)
-            || self.settings.branch_deploy_environments.contains(environment)
+    /// The run engine's settings for an environment (its timeout from the repository's settings).
+    pub(crate) fn run_settings(&self, key: &EnvKey) -> RunSettings {
+        let timeout = self.environment_settings(key).timeout;
+        RunSettings { lease_ms: self.settings.lease.as_millis() as u64, run_timeout_ms: timeout.as_millis() as u64 }
     }
 
     pub async fn handle(&self, delivery: Delivery, deadline: Deadline) -> Result<Outcome, ServiceError> {
         if let Some((repo, installation)) = delivery.event.installation() {
             self.github.remember_installation(repo, installation);
         }
+        // The configuration's own events, before any configuration is resolved.
+        match &delivery.event {
+            WebhookEvent::DefaultBranchPushed { repo, after, touched, .. } => {
+                return self.config_pushed(repo, after, *touched, deadline).await;
+            }
+            WebhookEvent::PullRequestUpdated { repo, head_sha, .. } => {
+                return self.config_dry_run(repo, head_sha, deadline).await;
+            }
+            _ => {}
+        }
+        let settings = match delivery.event.repo() {
+            Some(repo) => match self.repo_config(repo, deadline).await? {
+                RepoConfig::Settings(settings) => settings,
+                RepoConfig::Refused(reason) => return Ok(Outcome::Refused { reason }),
+            },
+            None => std::sync::Arc::new(self.stack.settings()),
+        };
         match delivery.event {
             WebhookEvent::Ping { .. } => Ok(Outcome::Pong),
             WebhookEvent::Ignored { reason } => Ok(Outcome::Ignored { reason }),
             WebhookEvent::PullRequestMerged(pr) => {
-                let envs = self.settings.rules.environments_for(&pr.base_branch, pr.default_branch.as_deref());
+                let envs = settings.environments_for(&pr.base_branch, pr.default_branch.as_deref());
                 if envs.is_empty() {
                     return Ok(Outcome::Ignored {
                         reason: format!("no deploy rule for base branch {}", pr.base_branch),
@@ -278,16 +317,19 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                 self.create_deployments(&delivery.id, &pr, envs, deadline).await
             }
             WebhookEvent::DeploymentCreated(d) => {
-                if !self.manages(&d.environment) {
+                if !settings.manages(&d.environment) {
                     return Ok(Outcome::Ignored {
                         reason: format!("environment {} is not managed by this deployer", d.environment),
                     });
                 }
                 self.run_deployment(&delivery.id, &d, delivery.callback_base.as_deref(), deadline).await
             }
-            WebhookEvent::DeploymentStatus(s) => self.record_status(&s, deadline).await,
-            WebhookEvent::Command(c) => self.run_command(&delivery.id, &c, deadline).await,
+            WebhookEvent::DeploymentStatus(s) => self.record_status(&s, &settings, deadline).await,
+            WebhookEvent::Command(c) => self.run_command(&delivery.id, &c, &settings, deadline).await,
             WebhookEvent::ChecksCompleted { repo, sha, .. } => self.checks_completed(&repo, &sha, deadline).await,
+            WebhookEvent::DefaultBranchPushed { .. } | WebhookEvent::PullRequestUpdated { .. } => {
+                Ok(Outcome::Ignored { reason: "handled above".to_owned() })
+            }
         }
     }
 
@@ -315,12 +357,17 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
     /// posted (its creator is not us) for a deployment of a managed environment also ends that
     /// deployment there: running, waiting, or not arrived yet. Ours are told apart by who
     /// created them, never by what the run is doing.
-    async fn record_status(&self, event: &DeploymentStatusEvent, deadline: Deadline) -> Result<Outcome, ServiceError> {
+    async fn record_status(
+        &self,
+        event: &DeploymentStatusEvent,
+        settings: &RepoSettings,
+        deadline: Deadline,
+    ) -> Result<Outcome, ServiceError> {
         let applied = self
             .store
             .record_deployment_status(&event.repo, event.deployment_id, event.environment.as_ref(), &event.status)
             .await?;
-        if let Some(environment) = event.environment.as_ref().filter(|e| self.manages(e))
+        if let Some(environment) = event.environment.as_ref().filter(|e| settings.manages(e))
             && event.status.state.is_terminal()
             && !self.posted_by_us(&event.status, deadline).await?
         {

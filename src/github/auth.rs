@@ -69,12 +69,14 @@ impl AppCredentials {
 
 /// The permissions an installation token is asked for: exactly what the function's calls need
 /// (github-app-manifest.json's), never more than the installation grants.
-pub const TOKEN_PERMISSIONS: [(&str, &str); 6] = [
+pub const TOKEN_PERMISSIONS: [(&str, &str); 7] = [
     ("deployments", "write"),
     ("issues", "write"),
     ("pull_requests", "read"),
     ("statuses", "read"),
-    ("checks", "read"),
+    // Read for gates; write for the configuration's check runs.
+    ("checks", "write"),
+    ("contents", "read"),
     ("metadata", "read"),
 ];
 

@@ -23,8 +23,8 @@ use serde_json::{Value, json};
 use tracing::{debug, warn};
 
 use crate::domain::ports::{
-    CreationRecord, GitHub, GitHubError, HookDelivery, HookRef, NewDeployment, NewStatus, Permission, PullRequestHead,
-    SystemClock,
+    CreationRecord, GitHub, GitHubError, HookDelivery, HookRef, NewCheckRun, NewDeployment, NewStatus, Permission,
+    PullRequestHead, RepoBlob, SystemClock,
 };
 use crate::domain::types::{DeploymentId, Environment, RepoFullName, Sha};
 use crate::domain::{Deadline, StatusRecord};
@@ -513,6 +513,22 @@ struct WirePermission {
 }
 
 #[derive(Deserialize, Default)]
+struct WireContent {
+    #[serde(default)]
+    sha: String,
+    #[serde(default)]
+    size: u64,
+    #[serde(default)]
+    content: String,
+    #[serde(default, rename = "type")]
+    kind: String,
+}
+
+/// GitHub limits a check run to 50 annotations per request, and its summary to 65,535 characters.
+const MAX_ANNOTATIONS: usize = 50;
+const MAX_SUMMARY_CHARS: usize = 60_000;
+
+#[derive(Deserialize, Default)]
 struct WirePull {
     #[serde(default)]
     state: String,
@@ -607,6 +623,74 @@ impl GitHub for GitHubClient {
 
     fn remember_installation(&self, repo: &RepoFullName, installation: u64) {
         self.auth.remember_installation(repo, installation);
+    }
+
+    /// `GET /repos/{repo}/contents/{path}`: 404 (no file, or no repository) and 403 (the
+    /// installation does not cover that repository, or has not granted Contents: read) are
+    /// `None`, so a repository outside the installation is one without a file.
+    async fn get_file(
+        &self,
+        repo: &RepoFullName,
+        path: &str,
+        git_ref: Option<&str>,
+        deadline: Deadline,
+    ) -> Result<Option<RepoBlob>, GitHubError> {
+        let mut url = format!("/repos/{repo}/contents/{path}");
+        if let Some(git_ref) = git_ref {
+            url.push_str(&format!("?ref={}", form_urlencoded::byte_serialize(git_ref.as_bytes()).collect::<String>()));
+        }
+        let content: WireContent = match self.call("read file", Method::GET, &url, repo, None, deadline).await {
+            Ok(content) => content,
+            Err(GitHubError::Api { status: 404, .. }) => return Ok(None),
+            Err(GitHubError::Api { status: 403, message }) => {
+                warn!(%repo, %message, "no access to the repository's files (Contents: read); read as no file");
+                return Ok(None);
+            }
+            Err(other) => return Err(other),
+        };
+        if content.kind != "file" {
+            return Ok(None);
+        }
+        let size = content.size;
+        if size > crate::repo_config::MAX_FILE_BYTES as u64 {
+            return Ok(Some(RepoBlob { sha: content.sha, size, text: String::new() }));
+        }
+        use base64::Engine as _;
+        let raw: String = content.content.chars().filter(|c| !c.is_whitespace()).collect();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(raw)
+            .map_err(|e| GitHubError::BadResponse(format!("file content is not base64: {e}")))?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        Ok(Some(RepoBlob { sha: content.sha, size, text }))
+    }
+
+    async fn create_check_run(
+        &self,
+        repo: &RepoFullName,
+        run: &NewCheckRun,
+        deadline: Deadline,
+    ) -> Result<(), GitHubError> {
+        let annotations: Vec<Value> = run
+            .annotations
+            .iter()
+            .take(MAX_ANNOTATIONS)
+            .map(|(path, line, message)| {
+                json!({ "path": path, "start_line": line, "end_line": line, "annotation_level": "failure", "message": message })
+            })
+            .collect();
+        let body = json!({
+            "name": run.name,
+            "head_sha": run.head_sha,
+            "status": "completed",
+            "conclusion": if run.success { "success" } else { "failure" },
+            "output": {
+                "title": run.title,
+                "summary": crate::domain::types::truncate_chars(&run.summary, MAX_SUMMARY_CHARS),
+                "annotations": annotations,
+            },
+        });
+        let path = format!("/repos/{repo}/check-runs");
+        self.call::<Ignored>("create check run", Method::POST, &path, repo, Some(&body), deadline).await.map(drop)
     }
 
     async fn list_hook_deliveries(

@@ -41,6 +41,8 @@ struct PullRequestEvent {
 struct PullRequest {
     number: u64,
     #[serde(default)]
+    head: Option<HeadRef>,
+    #[serde(default)]
     merged: Option<bool>,
     merge_commit_sha: Option<String>,
     #[serde(default)]
@@ -52,6 +54,38 @@ struct PullRequest {
     user: User,
     base: BaseRef,
 }
+
+#[derive(Deserialize)]
+struct HeadRef {
+    sha: String,
+}
+
+/// `push`: the branch, the new head, and which files its commits touched.
+#[derive(Deserialize)]
+struct PushEvent {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    after: String,
+    #[serde(default)]
+    deleted: bool,
+    #[serde(default)]
+    commits: Vec<PushCommit>,
+    repository: Repository,
+    installation: Option<Installation>,
+}
+
+#[derive(Deserialize)]
+struct PushCommit {
+    #[serde(default)]
+    added: Vec<String>,
+    #[serde(default)]
+    modified: Vec<String>,
+    #[serde(default)]
+    removed: Vec<String>,
+}
+
+/// GitHub lists at most this many commits in a push event; a longer push may touch any file.
+const PUSH_COMMITS_LISTED: usize = 20;
 
 #[derive(Deserialize)]
 struct BaseRef {
@@ -210,6 +244,10 @@ pub fn parse_event(event: &str, json: &[u8]) -> Result<WebhookEvent, EventError>
             let e: DeploymentStatusPayload = serde_json::from_slice(json).map_err(bad_json)?;
             deployment_status(e).map_err(bad_value)
         }
+        "push" => {
+            let e: PushEvent = serde_json::from_slice(json).map_err(bad_json)?;
+            push(e).map_err(bad_value)
+        }
         other => {
             // Still insist on JSON, so a garbled body is never answered 2xx.
             serde_json::from_slice::<serde::de::IgnoredAny>(json).map_err(bad_json)?;
@@ -218,7 +256,32 @@ pub fn parse_event(event: &str, json: &[u8]) -> Result<WebhookEvent, EventError>
     }
 }
 
+fn push(e: PushEvent) -> Result<WebhookEvent, InvalidValue> {
+    let default = e.repository.default_branch.as_deref().map(|b| format!("refs/heads/{b}"));
+    if e.deleted || default.as_deref() != Some(e.git_ref.as_str()) {
+        return Ok(WebhookEvent::Ignored { reason: "a push to a branch other than the default one".to_owned() });
+    }
+    let path = crate::repo_config::CONFIG_PATH;
+    let touched = e.commits.len() >= PUSH_COMMITS_LISTED
+        || e.commits.iter().any(|c| c.added.iter().chain(&c.modified).chain(&c.removed).any(|p| p == path));
+    Ok(WebhookEvent::DefaultBranchPushed {
+        repo: RepoFullName::parse(&e.repository.full_name)?,
+        after: Sha::parse(&e.after)?,
+        touched,
+        installation: e.installation.map(|i| i.id),
+    })
+}
+
 fn pull_request(e: PullRequestEvent) -> Result<WebhookEvent, InvalidValue> {
+    if matches!(e.action.as_str(), "opened" | "synchronize" | "reopened") {
+        let head = e.pull_request.head.as_ref().ok_or(InvalidValue { what: "pull_request.head", reason: "missing" })?;
+        return Ok(WebhookEvent::PullRequestUpdated {
+            repo: RepoFullName::parse(&e.repository.full_name)?,
+            number: e.pull_request.number,
+            head_sha: Sha::parse(&head.sha)?,
+            installation: e.installation.map(|i| i.id),
+        });
+    }
     if e.action != "closed" {
         return Ok(WebhookEvent::Ignored { reason: format!("pull_request action {} is not handled", e.action) });
     }

@@ -80,10 +80,18 @@ pub async fn handle<S: Store, G: GitHub, D: DeployAction, C: Clock>(
             if raw.len() > MAX_CALLBACK_BYTES {
                 return Err(AppError::CallbackTooLarge);
             }
-            // The run's environment (from the token) picks the secret: staging's hook cannot
-            // sign for a production run. No hook secret there: no hook, so no callback.
-            let secrets = secrets.for_environment(&token.environment).ok_or(SignatureError::Mismatch)?;
-            secrets.verify(request.headers().get(SIGNATURE_HEADER).map(|v| v.as_bytes()), raw)?;
+            // Signed by a secret the stack holds before anything is read for it; then the run's
+            // environment (from the token) must name that secret in the repository's settings:
+            // staging's hook cannot sign for a production run. No hook there: no callback.
+            let signature = request.headers().get(SIGNATURE_HEADER).map(|v| v.as_bytes());
+            let signed_by = secrets.names_verifying(signature, raw)?;
+            if signed_by.is_empty() {
+                return Err(SignatureError::Mismatch.into());
+            }
+            let expected = service.hook_secret_of(&token.repo, &token.environment, deadline).await?;
+            if !expected.is_some_and(|name| signed_by.contains(&name)) {
+                return Err(SignatureError::Mismatch.into());
+            }
             let report = report_of(raw)?;
             Ok(service.handle_callback(&token, report, deadline).await?)
         }

@@ -42,6 +42,40 @@ impl HookSecrets {
         self.by_environment.get(&environment.env_var_suffix()).or(self.default.as_ref())
     }
 
+    /// The secrets held under `name` (`HOOK_SIGNING_SECRET` or `HOOK_SIGNING_SECRET_<NAME>`).
+    pub fn named(&self, name: &crate::repo_config::SecretName) -> Option<&WebhookSecrets> {
+        match name {
+            crate::repo_config::SecretName::Default => self.default.as_ref(),
+            crate::repo_config::SecretName::Named(suffix) => self.by_environment.get(suffix),
+        }
+    }
+
+    /// The names of the secrets that verify `body`'s signature: a missing or malformed header
+    /// is its error, no match an empty list.
+    pub fn names_verifying(
+        &self,
+        header: Option<&[u8]>,
+        body: &[u8],
+    ) -> Result<Vec<crate::repo_config::SecretName>, SignatureError> {
+        use crate::repo_config::SecretName;
+        let mut names = Vec::new();
+        let lists = self.default.iter().map(|s| (SecretName::Default, s));
+        let lists = lists.chain(self.by_environment.iter().map(|(k, s)| (SecretName::Named(k.clone()), s)));
+        for (name, secrets) in lists {
+            match secrets.verify(header, body) {
+                Ok(()) => names.push(name),
+                Err(SignatureError::Mismatch) => {}
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(names)
+    }
+
+    /// Whether `HOOK_SIGNING_SECRET` is set, and the suffixes of the others.
+    pub fn names(&self) -> (bool, std::collections::HashSet<String>) {
+        (self.default.is_some(), self.by_environment.keys().cloned().collect())
+    }
+
     /// Every list, with the setting it came from (for checks at init).
     pub fn lists(&self) -> impl Iterator<Item = (String, &WebhookSecrets)> {
         let default = self.default.iter().map(|s| ("HOOK_SIGNING_SECRET".to_owned(), s));

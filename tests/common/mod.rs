@@ -432,7 +432,31 @@ impl TestApp {
     }
 
     /// The requests GitHub received, as (method, path).
+    /// GitHub calls other than reads of configuration files (those: [`Self::config_calls`]).
     pub async fn github_calls(&self) -> Vec<(String, String)> {
+        self.all_github_calls().await.into_iter().filter(|(_, path)| !path.contains("/contents/")).collect()
+    }
+
+    /// The requests GitHub received, without reads of configuration files.
+    pub async fn github_requests(&self) -> Vec<wiremock::Request> {
+        let requests = self.github.received_requests().await.unwrap_or_default();
+        requests.into_iter().filter(|r| !r.url.path().contains("/contents/")).collect()
+    }
+
+    /// Reads of `.github/deploy-webhook.yml` files (`GET …/contents/…`), with their query.
+    pub async fn config_calls(&self) -> Vec<String> {
+        let requests = self.github.received_requests().await.unwrap_or_default();
+        requests
+            .iter()
+            .filter(|r| r.url.path().contains("/contents/"))
+            .map(|r| match r.url.query() {
+                Some(q) => format!("{}?{q}", r.url.path()),
+                None => r.url.path().to_owned(),
+            })
+            .collect()
+    }
+
+    pub async fn all_github_calls(&self) -> Vec<(String, String)> {
         self.github
             .received_requests()
             .await

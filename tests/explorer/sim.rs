@@ -660,14 +660,6 @@ fn record(id: u64, state: DeploymentState, creator: &str) -> StatusRecord {
 pub struct SimHook(Shared);
 
 impl DeployAction for SimHook {
-    fn configured_for(&self, _: &Environment) -> bool {
-        true
-    }
-
-    fn environment_url(&self, _: &Environment) -> Option<String> {
-        None
-    }
-
     async fn deploy(&self, call: &HookCall<'_>, _: Deadline) -> HookAnswer {
         let d = call.deployment.id.0;
         let mode = match gate(&self.0, Op::HookSend(d)).await {

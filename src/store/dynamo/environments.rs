@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::domain::gates::ChecksWait;
-use crate::domain::ports::{EnvKey, HookRef, StoreError, Versioned};
+use crate::domain::ports::{EnvKey, HookRef, StoreError, StoredRepoConfig, Versioned};
 use crate::domain::redelivery::RedeliveryState;
 use crate::domain::runs::EnvironmentState;
 use crate::domain::types::{Environment, RepoFullName, Sha};
@@ -26,6 +26,10 @@ fn environment_key(key: &EnvKey) -> (String, String) {
 
 fn checks_wait_key(repo: &RepoFullName, sha: &Sha) -> (String, String) {
     (format!("REPO#{}", repo.key()), format!("WAIT#{sha}"))
+}
+
+fn repo_config_key(repo: &RepoFullName) -> (String, String) {
+    (format!("CONFIG#{}", repo.key()), "CONFIG".to_owned())
 }
 
 fn redelivery_key(hook: &HookRef) -> (String, String) {
@@ -187,6 +191,24 @@ impl DynamoStore {
                 repo.zip(sha).ok_or_else(|| corrupt("checks wait item without repository or sha"))
             })
             .collect()
+    }
+
+    pub(super) async fn load_repo_config_doc(
+        &self,
+        repo: &RepoFullName,
+    ) -> Result<Versioned<StoredRepoConfig>, StoreError> {
+        let (pk, sk) = repo_config_key(repo);
+        self.load_doc(pk, sk).await
+    }
+
+    pub(super) async fn save_repo_config_doc(
+        &self,
+        repo: &RepoFullName,
+        config: &StoredRepoConfig,
+        expected: u64,
+    ) -> Result<Result<u64, Versioned<StoredRepoConfig>>, StoreError> {
+        let attributes = vec![("kind", s("repo_config")), ("repository", s(repo.as_str()))];
+        self.save_doc(repo_config_key(repo), config, attributes, expected).await
     }
 
     pub(super) async fn load_redelivery_doc(&self, hook: &HookRef) -> Result<Versioned<RedeliveryState>, StoreError> {

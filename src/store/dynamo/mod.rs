@@ -32,7 +32,9 @@ use tracing::warn;
 
 use crate::domain::StatusRecord;
 use crate::domain::gates::ChecksWait;
-use crate::domain::ports::{Claim, CreationKey, CreationRecord, EnvKey, HookRef, Lease, Store, StoreError, Versioned};
+use crate::domain::ports::{
+    Claim, CreationKey, CreationRecord, EnvKey, HookRef, Lease, Store, StoreError, StoredRepoConfig, Versioned,
+};
 use crate::domain::redelivery::RedeliveryState;
 use crate::domain::runs::EnvironmentState;
 use crate::domain::types::{DeliveryId, DeploymentId, Environment, RepoFullName, Sha};
@@ -324,6 +326,19 @@ impl Store for DynamoStore {
 
     async fn count_user_write(&self, user: &str, hour: u64, limit: u32) -> Result<bool, StoreError> {
         self.count_user_write_item(user, hour, limit).await
+    }
+
+    async fn load_repo_config(&self, repo: &RepoFullName) -> Result<Versioned<StoredRepoConfig>, StoreError> {
+        self.load_repo_config_doc(repo).await
+    }
+
+    async fn save_repo_config(
+        &self,
+        repo: &RepoFullName,
+        config: &StoredRepoConfig,
+        expected: u64,
+    ) -> Result<Result<u64, Versioned<StoredRepoConfig>>, StoreError> {
+        self.save_repo_config_doc(repo, config, expected).await
     }
 
     async fn load_redelivery(&self, hook: &HookRef) -> Result<Versioned<RedeliveryState>, StoreError> {
