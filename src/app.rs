@@ -187,6 +187,8 @@ pub fn handler_from(config: &Config, clients: &Clients) -> Result<Handler, InitE
     settings.chatops_permissions = config.chatops_permissions.clone();
     settings.required_contexts = config.required_contexts.clone();
     settings.checks_wait = config.checks_wait;
+    settings.limits = config.repo_limits.clone();
+    settings.config_recheck = config.config_recheck;
     settings.github_html_url = html_url;
     settings.redelivery_hooks = config.redeliver_hooks.clone();
     if matches!(config.github_auth, crate::github::auth::AuthConfig::App(_)) {

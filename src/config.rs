@@ -13,6 +13,8 @@ use crate::domain::rules::{DeployRules, RulesError};
 use crate::github::auth::{AppCredentials, AuthConfig, BadAppKey};
 use crate::github::client::ExtraCaCerts;
 use crate::http::signature::{HookSecrets, WebhookSecrets};
+use crate::repo_config::OperatorLimits;
+use crate::repo_config::resolve::{ROLES, parse_pins};
 
 pub const DEFAULT_GITHUB_API_URL: &str = "https://api.github.com";
 
@@ -57,6 +59,11 @@ pub struct Config {
     pub public_url: Option<String>,
     /// `EXTRA_CA_CERTS_FILE`: CA certificates trusted besides the compiled-in web PKI roots.
     pub extra_ca_certs: ExtraCaCerts,
+    /// `PINNED_SETTINGS`, `ALLOWED_HOOK_HOSTS`, `COMMAND_PERMISSION_FLOOR`: what repository files
+    /// may not widen.
+    pub repo_limits: OperatorLimits,
+    /// `CONFIG_RECHECK_SECONDS`: how long a warm instance trusts the configuration files it read.
+    pub config_recheck: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +107,16 @@ pub enum ConfigError {
     BadBool { name: &'static str, value: String },
     #[error("{name} must be a number of minutes between 0.05 and 1440, got {value:?}")]
     BadMinutes { name: String, value: String },
+    #[error(
+        "PINNED_SETTINGS names {0:?}, which is not a key of the configuration file (e.g. commands.permissions, environments.*.action, environments.production)"
+    )]
+    BadPin(String),
+    #[error("COMMAND_PERMISSION_FLOOR must be one of read, triage, write, maintain, admin, got {0:?}")]
+    BadFloor(String),
+    #[error("ALLOWED_HOOK_HOSTS entries are host names or *.domain, got {0:?}")]
+    BadHookHost(String),
+    #[error("CONFIG_RECHECK_SECONDS must be a whole number from 0 to 3600, got {0:?}")]
+    BadRecheck(String),
     #[error("EXTRA_CA_CERTS_FILE ({path:?}): {reason}")]
     BadCaBundle { path: String, reason: String },
 }
@@ -263,7 +280,53 @@ impl Config {
             None => ExtraCaCerts::default(),
         };
 
+        let pins = parse_pins(get("PINNED_SETTINGS").unwrap_or_default()).map_err(ConfigError::BadPin)?;
+        let permission_floor = match get("COMMAND_PERMISSION_FLOOR") {
+            Some(raw) => ROLES
+                .iter()
+                .position(|r| r.eq_ignore_ascii_case(raw))
+                .ok_or_else(|| ConfigError::BadFloor(raw.to_owned()))?,
+            // The weakest role the operator lets run commands.
+            None => chatops_permissions.iter().filter_map(|p| ROLES.iter().position(|r| r == p)).min().unwrap_or(2),
+        };
+        let allowed_hook_hosts = match get("ALLOWED_HOOK_HOSTS") {
+            Some(raw) => raw
+                .split(',')
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .map(|h| {
+                    let bare = h.strip_prefix("*.").unwrap_or(&h);
+                    let ok =
+                        !bare.is_empty() && bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+                    if ok { Ok(h) } else { Err(ConfigError::BadHookHost(h)) }
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            // The hosts of the stack's own hooks.
+            None => {
+                let mut hosts: Vec<String> = deploy_targets
+                    .default_hook
+                    .iter()
+                    .chain(deploy_targets.hooks.values())
+                    .filter_map(|u| Url::parse(u).ok().and_then(|u| u.host_str().map(str::to_ascii_lowercase)))
+                    .collect();
+                hosts.sort();
+                hosts.dedup();
+                hosts
+            }
+        };
+        let config_recheck = match get("CONFIG_RECHECK_SECONDS") {
+            Some(raw) => raw
+                .parse::<u64>()
+                .ok()
+                .filter(|s| *s <= 3600)
+                .map(Duration::from_secs)
+                .ok_or_else(|| ConfigError::BadRecheck(raw.to_owned()))?,
+            None => Duration::from_secs(300),
+        };
+
         Ok(Self {
+            repo_limits: OperatorLimits { pins, allowed_hook_hosts, permission_floor },
+            config_recheck,
             webhook_secrets,
             hook_secrets,
             github_auth,
@@ -570,6 +633,40 @@ mod tests {
         assert!(!shown.contains("hooksec"), "{shown}");
         // No hook, no secret needed; none configured means no callback can verify.
         assert!(Config::from_vars(vars(MINIMAL)).unwrap().hook_secrets.for_environment(&production).is_none());
+    }
+
+    #[test]
+    fn what_repository_files_may_not_widen() {
+        let with = |extra: &[(&str, &str)]| {
+            let mut v = vars(MINIMAL);
+            v.extend(vars(extra));
+            Config::from_vars(v)
+        };
+        let c =
+            with(&[("DEPLOY_HOOK_URL_STAGING", "https://Deploy.Example.com/s"), ("HOOK_SIGNING_SECRET", "h")]).unwrap();
+        assert_eq!(c.repo_limits.allowed_hook_hosts, ["deploy.example.com"], "default: the stack's own hook hosts");
+        assert_eq!(ROLES[c.repo_limits.permission_floor], "write", "default: the weakest of CHATOPS_PERMISSIONS");
+        assert_eq!(c.config_recheck, Duration::from_secs(300));
+        let c = with(&[
+            ("PINNED_SETTINGS", "commands.permissions, environments.*.action"),
+            ("ALLOWED_HOOK_HOSTS", "*.deploys.example.com,hooks.example.org"),
+            ("COMMAND_PERMISSION_FLOOR", "maintain"),
+            ("CONFIG_RECHECK_SECONDS", "60"),
+        ])
+        .unwrap();
+        assert_eq!(c.repo_limits.pins.len(), 2);
+        assert_eq!(c.repo_limits.allowed_hook_hosts, ["*.deploys.example.com", "hooks.example.org"]);
+        assert_eq!(ROLES[c.repo_limits.permission_floor], "maintain");
+        assert_eq!(c.config_recheck, Duration::from_secs(60));
+        for (name, bad) in [
+            ("PINNED_SETTINGS", "environments.*.colour"),
+            ("COMMAND_PERMISSION_FLOOR", "owner"),
+            ("ALLOWED_HOOK_HOSTS", "https://x.example.com/"),
+            ("CONFIG_RECHECK_SECONDS", "-1"),
+        ] {
+            let err = with(&[(name, bad)]).unwrap_err().to_string();
+            assert!(err.contains(name), "{err}");
+        }
     }
 
     #[test]
