@@ -12,6 +12,7 @@
 //! - [`config`]: every setting, read and validated once at cold start.
 
 pub mod app;
+pub mod check_config;
 pub mod config;
 pub mod deploy;
 pub mod domain;

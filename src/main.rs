@@ -7,6 +7,12 @@ use lambda_http::Error;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
+    // `deploy-webhook check-config <file>`: validate a repository's file offline, then exit.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(report) = deploy_webhook::check_config::from_args(&args, std::env::vars()) {
+        println!("{}", report.output);
+        std::process::exit(if report.valid { 0 } else { 1 });
+    }
     // JSON logs when AWS_LAMBDA_LOG_FORMAT=JSON; level from AWS_LAMBDA_LOG_LEVEL or RUST_LOG.
     logging::init_from_env()?;
 

@@ -338,9 +338,12 @@ fn hook_url_problem(url: &str, allowed: &[String]) -> Option<String> {
     if parsed.scheme() != "https" && !(parsed.scheme() == "http" && loopback) {
         return Some("a hook URL must be https://".to_owned());
     }
-    let allowed_host = allowed.iter().any(|pattern| match pattern.strip_prefix("*.") {
-        Some(domain) => host.ends_with(&format!(".{domain}")),
-        None => *pattern == host,
+    let allowed_host = allowed.iter().any(|pattern| {
+        pattern == "*"
+            || match pattern.strip_prefix("*.") {
+                Some(domain) => host.ends_with(&format!(".{domain}")),
+                None => *pattern == host,
+            }
     });
     if allowed_host {
         None
