@@ -438,6 +438,128 @@ def in_other_repo(payload):
     return payload
 
 
+CONFIG = ".github/deploy-webhook.yml"
+ORG_DEFAULTS = """# octo-org/.github: every repository of the organisation also publishes its docs on merge
+environments:
+  docs:
+    branches: ["@default"]
+    action: none
+"""
+WEB_CONFIG = """# octo-org/web: no production on merge; a preview through the sync hook instead
+environments:
+  production:
+    branches: []
+  preview:
+    branches: [master]
+    environment_url: https://preview.web.example.com
+    action:
+      hook:
+        url: {hook}/sync
+"""
+WEB_PROPOSED = WEB_CONFIG.replace("preview.web.example.com", "preview2.web.example.com") + """  canary:
+    branches: ["release/*"]
+    branch_deploys: true
+    timeout_minutes: 20
+"""
+WEB_BROKEN = WEB_CONFIG.replace("branches: [master]", "branches: [master]\n    timout_minutes: 5")
+
+
+def for_repo(payload, full_name, number=None):
+    """`payload` moved to another repository of the organisation (no installation id in it)."""
+    payload["repository"].update(full_name=full_name, name=full_name.split("/")[1], default_branch="master")
+    payload["repository"]["owner"]["login"] = full_name.split("/")[0]
+    payload.pop("installation", None)
+    if number is not None:
+        payload["number"] = number
+        payload["pull_request"]["number"] = number
+    return payload
+
+
+def config_flow(fn, github, hook):
+    """Configuration as code: two repositories with different files (one taking the organisation's
+    defaults alone), a dry run on a pull request that changes a file, a proposal that breaks it,
+    and a push that breaks it while merges keep the last valid configuration."""
+    print(f"\n{BOLD}Configuration as code{RESET}: {CONFIG} per repository, octo-org/.github as the "
+          "organisation's defaults, over the stack's settings")
+    # In App mode the organisation's installation covers these repositories too.
+    github.installations.setdefault(2, []).extend(["octo-org/web", "octo-org/.github"])
+    github.set_file("octo-org/web", CONFIG, WEB_CONFIG.format(hook=hook.url))
+
+    def pushed(repo, sha):
+        payload = for_repo({"ref": "refs/heads/master", "after": sha, "deleted": False,
+                            "commits": [{"id": sha, "added": [], "modified": [CONFIG], "removed": []}],
+                            "repository": {"owner": {}}}, repo)
+        return events.api_gateway_event("push", payload, str(uuid.uuid4()), SECRET)
+
+    # A push to the organisation's .github repository: read again at once (a warm instance that
+    # read "no file" there before would otherwise wait CONFIG_RECHECK_SECONDS).
+    github.set_file("octo-org/.github", CONFIG, ORG_DEFAULTS)
+    send(fn, "octo-org/.github gets the organisation's defaults (a push to its master)", pushed("octo-org/.github", "ef" * 20),
+         200, "config_valid")
+
+    def merged_into(repo, number):
+        payload = for_repo(events.load_payload("pull_request.merged"), repo, number)
+        payload["pull_request"].update(merge_commit_sha=f"{number:040x}", title=f"Change {number}",
+                                       merged_at=f"2026-11-22T21:{number % 60:02}:00Z")
+        return events.api_gateway_event("pull_request", payload, str(uuid.uuid4()), SECRET)
+
+    def environments_of(body):
+        return [d["environment"] for d in body.get("detail", {}).get("deployments", [])]
+
+    body = send(fn, "octo-org/api (no file: the organisation's defaults) merges #141 into master",
+                merged_into("octo-org/api", 141), 200, "processed")
+    if environments_of(body) != ["production", "docs"]:
+        failures.append(f"octo-org/api deployed to {environments_of(body)}, not production and docs")
+    body = send(fn, "octo-org/web (its own file) merges #151 into master", merged_into("octo-org/web", 151), 200,
+                "processed")
+    if environments_of(body) != ["docs", "preview"]:
+        failures.append(f"octo-org/web deployed to {environments_of(body)}, not docs and preview")
+
+    def pull_request_updated(head_sha, number=52):
+        payload = for_repo(events.load_payload("pull_request.merged"), "octo-org/web", number)
+        payload["action"] = "synchronize"
+        payload["pull_request"].update(merged=False, merge_commit_sha=None, merged_at=None, state="open")
+        payload["pull_request"]["head"]["sha"] = head_sha
+        return events.api_gateway_event("pull_request", payload, str(uuid.uuid4()), SECRET)
+
+    def last_check_run():
+        run = github.check_runs[-1]
+        output = run.get("output", {})
+        print(f"  {DIM}check run {run['name']} on {run['head_sha'][:7]}: {run['conclusion']}: {output.get('title')}{RESET}")
+        for line in output.get("summary", "").splitlines():
+            if line.startswith("|") or line.startswith("- "):
+                print(f"    {line}")
+        for a in output.get("annotations", []):
+            print(f"    {a['path']}:{a['start_line']}: {a['message']}")
+        return run
+
+    proposal = "ab" * 20
+    github.set_file("octo-org/web", CONFIG, WEB_PROPOSED.format(hook=hook.url), ref=proposal)
+    send(fn, "pull request #52 on octo-org/web changes the file: a dry run", pull_request_updated(proposal), 200,
+         "config_valid")
+    run = last_check_run()
+    if run["conclusion"] != "success" or "| canary | (environment) | — | added |" not in run["output"]["summary"]:
+        failures.append("the dry run's check run does not show canary added")
+
+    broken = "cd" * 20
+    github.set_file("octo-org/web", CONFIG, WEB_BROKEN.format(hook=hook.url), ref=broken)
+    send(fn, "pull request #52 pushed again, with a typo in the file", pull_request_updated(broken), 200,
+         "config_invalid")
+    run = last_check_run()
+    if run["conclusion"] != "failure" or not run["output"].get("annotations"):
+        failures.append("the broken proposal did not get a failing check run with its line")
+
+    # The typo merged anyway: the push breaks the default branch's file.
+    github.set_file("octo-org/web", CONFIG, WEB_BROKEN.format(hook=hook.url))
+    send(fn, "the typo is merged: a push to master that breaks octo-org/web's file", pushed("octo-org/web", broken),
+         200, "config_invalid")
+    last_check_run()
+    body = send(fn, "octo-org/web merges #153: the last valid configuration stays in force",
+                merged_into("octo-org/web", 153), 200, "processed")
+    if environments_of(body) != ["docs", "preview"]:
+        failures.append(f"after the broken push octo-org/web deployed to {environments_of(body)}, not docs and preview")
+
+
 def inject_dynamodb_faults(endpoint, count):
     import urllib.request
     request = urllib.request.Request(f"{endpoint}/_local/faults", method="POST",
@@ -664,6 +786,7 @@ def main():
             app_flow(fn, github, endpoint, fn_log)
         timeout_flow(fn, github)
         commands_flow(fn, github)
+        config_flow(fn, github, hook)
     finally:
         fn = function
         fn.stop()

@@ -84,6 +84,13 @@ PERMISSION = re.compile(r"^/repos/([^/]+/[^/]+)/collaborators/([^/]+)/permission
 PULL = re.compile(r"^/repos/([^/]+/[^/]+)/pulls/(\d+)$")
 REACTIONS = re.compile(r"^/repos/([^/]+/[^/]+)/issues/comments/(\d+)/reactions$")
 ISSUE_COMMENTS = re.compile(r"^/repos/([^/]+/[^/]+)/issues/(\d+)/comments$")
+CONTENTS = re.compile(r"^/repos/([^/]+/[^/]+)/contents/(.+)$")
+CHECK_RUNS = re.compile(r"^/repos/([^/]+/[^/]+)/check-runs$")
+
+
+def blob_sha(data):
+    """Git's blob id of `data`: what the contents API answers as `sha`."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 REACTION_CONTENTS = {"+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes"}
 # permission -> (the `permission` GitHub answers, its `role_name`): maintain reads as write,
 # triage as read, as GitHub's endpoint does.
@@ -142,7 +149,7 @@ class StandInApp:
 
 class GitHubStandIn:
     def __init__(self, port=0, on_call=None, seed=(), app=None, installations=None, page_size=100,
-                 hook_target=None, pulls=(), permissions=None, default_permission="write"):
+                 hook_target=None, pulls=(), permissions=None, default_permission="write", files_dir=None):
         self.port = port
         self.on_call = on_call
         self.seed = list(seed)  # deployments known from the start (and again after a reset)
@@ -155,6 +162,9 @@ class GitHubStandIn:
         self.installations = {int(k): list(v) for k, v in (installations or {}).items()}
         self.page_size = page_size  # the most deliveries per page, whatever per_page asks (GitHub: 100)
         self.hook_target = hook_target  # event -> API Gateway response: where deliveries go
+        # A folder served as repositories' default branches: <files_dir>/<owner>/<repo>/<path>,
+        # read at each request (so an edit applies at once); files set by set_file() come first.
+        self.files_dir = Path(files_dir) if files_dir else None
         self.lock = threading.Lock()
         self.calls = []
         self.server = None
@@ -176,6 +186,29 @@ class GitHubStandIn:
             self.redeliveries = []       # delivery ids whose redelivery was asked for
             self.delivery_ids = itertools.count(90000001)
             self._events = {}            # delivery id -> the event it carried
+            self.files = {}              # (repo, path, ref or None) -> text: what set_file() serves
+            self.check_runs = []         # the check runs created, in order
+
+    def set_file(self, repo, path, text, ref=None):
+        """Serves `text` as `repo`'s `path` on its default branch (ref None) or at `ref`; None deletes it."""
+        with self.lock:
+            if text is None:
+                self.files.pop((repo, path, ref), None)
+            else:
+                self.files[(repo, path, ref)] = text
+
+    def file(self, repo, path, ref=None):
+        """The file at `ref`: what set_file() gave for that ref, else the default branch's (a pull
+        request that does not touch a file has the default branch's)."""
+        with self.lock:
+            text = self.files.get((repo, path, ref))
+            if text is None:
+                text = self.files.get((repo, path, None))
+        if text is None and self.files_dir:
+            candidate = (self.files_dir / repo / path).resolve()
+            if self.files_dir.resolve() in candidate.parents and candidate.is_file():
+                text = candidate.read_text()
+        return text
 
     # -- the App webhook's sending side: the caller plays GitHub delivering events ----------------
     def deliver(self, event, redelivery=False):
@@ -398,6 +431,15 @@ class GitHubStandIn:
                     permission, role = ROLES[granted]
                     return self._reply(200, {"permission": permission, "role_name": role,
                                              "user": {"login": user, "type": "User"}})
+                if m := CONTENTS.match(url.path):
+                    text = gh.file(m[1], m[2], query.get("ref"))
+                    if text is None:
+                        return self._reply(404, {"message": "Not Found"})
+                    data = text.encode()
+                    encoded = base64.b64encode(data).decode()
+                    return self._reply(200, {"type": "file", "encoding": "base64", "path": m[2], "size": len(data),
+                                             "sha": blob_sha(data),
+                                             "content": "\n".join(encoded[i:i + 60] for i in range(0, len(encoded), 60))})
                 if m := PULL.match(url.path):
                     with gh.lock:
                         pull = gh.pulls.get((m[1], int(m[2])))
@@ -476,6 +518,17 @@ class GitHubStandIn:
                                     "created_at": now}
                         gh.reactions.append(reaction)
                     return self._reply(201, reaction, body)
+                if m := CHECK_RUNS.match(self.path):
+                    if not body.get("name") or not body.get("head_sha"):
+                        return self._reply(422, {"message": "Validation Failed",
+                                                 "errors": [{"field": "head_sha", "code": "missing_field"}]}, body)
+                    if len(body.get("output", {}).get("annotations", [])) > 50:
+                        return self._reply(422, {"message": "Validation Failed",
+                                                 "errors": [{"field": "annotations", "code": "too_many"}]}, body)
+                    with gh.lock:
+                        run = {"id": next(gh.ids), "repo": m[1], **body}
+                        gh.check_runs.append(run)
+                    return self._reply(201, run, body)
                 if m := ISSUE_COMMENTS.match(self.path):
                     if not isinstance(body.get("body"), str) or not body["body"]:
                         return self._reply(422, {"message": "Validation Failed",
