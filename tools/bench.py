@@ -276,6 +276,15 @@ def run_subject(subject, env, github, endpoint, pr_numbers, result, sweep_env=No
     fn = LambdaFor(subject, env)
     fn.wait_ready()
     try:
+        if ours:
+            # The repository's configuration: read on this instance's first delivery for the
+            # repository (its file, the organisation's), then from the warm cache.
+            reads = []
+            for _ in range(2):
+                before = sum("/contents/" in c["path"] for c in github.calls)
+                expect_2xx(f"{subject.name} merged PR", fn.invoke(merged_pr_event(next(pr_numbers))))
+                reads.append(sum("/contents/" in c["path"] for c in github.calls) - before)
+            result["config_reads"] = reads
         for kind in KINDS:
             if kind == "sweep_timeout" or (kind in ("callback", "sweep_idle") and not ours):
                 continue
@@ -664,6 +673,11 @@ def render(results, throughput, zip_size, peer_note, elapsed, logs, tls):
                              f"{k['cpu_ms']:.2f} ms | {ddb} | {k['github']:g} |")
             elif kind in ("callback", "sweep_idle", "sweep_timeout"):
                 lines.append(f"| {name} | {KIND_NAMES[kind]} | – | – | – | – | – |")
+    if "config_reads" in ours:
+        cold, warm = ours["config_reads"]
+        lines += ["", f"GitHub calls for the repository's configuration (`.github/deploy-webhook.yml`, and the "
+                      f"organisation's in `<owner>/.github`): {cold} on an instance's first delivery for a repository, "
+                      f"{warm} on the next (warm; files read again at most every CONFIG_RECHECK_SECONDS, 300 s)."]
     odd = {kind: ours[kind]["unexpected"] for kind in KINDS if ours.get(kind, {}).get("unexpected")}
     if odd:
         lines += ["", "Unexpected answers (of the measured deliveries): " + ", ".join(
