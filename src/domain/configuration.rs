@@ -19,12 +19,14 @@ use super::service::{Outcome, Service, ServiceError, ServiceSettings};
 use super::types::{RepoFullName, Sha};
 use crate::repo_config::dry_run;
 use crate::repo_config::{
-    BrokenConfig, CONFIG_PATH, ConfigIssue, EnvironmentSettings, Layer, MAX_FILE_BYTES, RepoSettings, StackDefaults,
-    parse, resolve,
+    BrokenConfig, CONFIG_PATH, ConfigIssue, EnvironmentSettings, Layer, MAX_FILE_BYTES, RepoFile, RepoSettings,
+    StackDefaults, parse, resolve,
 };
 
 /// How many `_extends` a file may chain.
 pub const MAX_EXTENDS: usize = 3;
+/// Parsed files kept per instance.
+const MAX_PARSED: usize = 2_000;
 /// The name of the check run on commits and pull requests.
 pub const CHECK_NAME: &str = "deploy-webhook/config";
 
@@ -41,6 +43,8 @@ type CachedFile = (Option<Arc<RepoBlob>>, u64);
 /// `(repository, blob sha or "")` of every file a configuration was resolved from.
 type FilesKey = Vec<(String, String)>;
 
+type Parsed = Result<RepoFile, Vec<ConfigIssue>>;
+
 /// What this warm instance has read.
 #[derive(Default)]
 pub struct ConfigCache {
@@ -48,6 +52,8 @@ pub struct ConfigCache {
     files: Mutex<HashMap<String, CachedFile>>,
     /// Each repository's configuration, keyed by the files it was resolved from.
     resolved: Mutex<HashMap<String, (FilesKey, RepoConfig)>>,
+    /// Each file parsed, by its label and blob sha: a warm delivery parses nothing.
+    parsed: Mutex<HashMap<(String, String), Parsed>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -349,7 +355,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                     message: format!("the file is {} bytes; at most {} KB is read", blob.size, MAX_FILE_BYTES / 1024),
                 }])
             } else {
-                parse(&label, &blob.text)
+                self.parse_once(&label, &blob)
             };
             let file = match file {
                 Ok(file) => file,
@@ -395,7 +401,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             key.push((org.clone(), blob.as_ref().map(|b| b.sha.clone()).unwrap_or_default()));
             if let Some(blob) = blob {
                 let label = format!("{org}:{CONFIG_PATH}");
-                match parse(&label, &blob.text) {
+                match self.parse_once(&label, &blob) {
                     Ok(file) if file.extends.is_none() => chain.insert(
                         0,
                         Layer { repo: org.clone(), blob: blob.sha.clone(), label, source: blob.text.clone(), file },
@@ -412,6 +418,22 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             }
         }
         Ok(Gathered { layers: chain, issues, key })
+    }
+
+    /// `blob` parsed, once per instance.
+    fn parse_once(&self, label: &str, blob: &RepoBlob) -> Parsed {
+        let key = (label.to_owned(), blob.sha.clone());
+        if let Some(parsed) = lock(&self.config_cache.parsed).get(&key) {
+            return parsed.clone();
+        }
+        let parsed = parse(label, &blob.text);
+        let mut cache = lock(&self.config_cache.parsed);
+        // Old versions of files pile up on a long-lived instance: start over past a bound.
+        if cache.len() >= MAX_PARSED {
+            cache.clear();
+        }
+        cache.insert(key, parsed.clone());
+        parsed
     }
 
     /// A push to a default branch: a touched configuration file is read again now, and the
