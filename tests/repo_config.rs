@@ -238,7 +238,7 @@ async fn a_pull_request_that_changes_the_file_gets_a_dry_run_table() {
     assert_eq!((run["head_sha"].as_str(), run["conclusion"].as_str()), (Some(HEAD), Some("success")));
     let summary = run["output"]["summary"].as_str().unwrap();
     assert!(summary.contains("| docs | branches | master | release/* |"), "{summary}");
-    assert!(summary.contains("| preview | (environment) | — | added |"), "{summary}");
+    assert!(summary.contains("| preview | (environment) | — | added: "), "{summary}");
 
     // A proposal that breaks the file: a failing check run, nothing else changes.
     Mock::given(method("GET"))

@@ -538,7 +538,7 @@ def config_flow(fn, github, hook):
     send(fn, "pull request #52 on octo-org/web changes the file: a dry run", pull_request_updated(proposal), 200,
          "config_valid")
     run = last_check_run()
-    if run["conclusion"] != "success" or "| canary | (environment) | — | added |" not in run["output"]["summary"]:
+    if run["conclusion"] != "success" or "| canary | (environment) | — | added: " not in run["output"]["summary"]:
         failures.append("the dry run's check run does not show canary added")
 
     broken = "cd" * 20

@@ -35,19 +35,26 @@ pub fn changes(now: &RepoSettings, after: &RepoSettings) -> Vec<Change> {
             .filter(|k| !new_envs.contains_key(*k)),
     );
     for name in names {
+        // An environment added or removed is one row, its settings in one cell.
         match (old_envs.get(name), new_envs.get(name)) {
-            (None, Some(_)) => out.push(Change {
-                environment: Some(name.clone()),
-                setting: "(environment)".to_owned(),
-                before: None,
-                after: Some("added".to_owned()),
-            }),
-            (Some(_), None) => out.push(Change {
-                environment: Some(name.clone()),
-                setting: "(environment)".to_owned(),
-                before: Some("present".to_owned()),
-                after: None,
-            }),
+            (None, Some(settings)) => {
+                out.push(Change {
+                    environment: Some(name.clone()),
+                    setting: "(environment)".to_owned(),
+                    before: None,
+                    after: Some(format!("added: {}", summary(settings))),
+                });
+                continue;
+            }
+            (Some(settings), None) => {
+                out.push(Change {
+                    environment: Some(name.clone()),
+                    setting: "(environment)".to_owned(),
+                    before: Some(summary(settings)),
+                    after: None,
+                });
+                continue;
+            }
             _ => {}
         }
         let empty = serde_json::Map::new();
@@ -80,6 +87,12 @@ pub fn changes(now: &RepoSettings, after: &RepoSettings) -> Vec<Change> {
         }
     }
     out
+}
+
+/// An environment's settings in one cell: `branches main; action none; …` (unset ones left out).
+fn summary(settings: &Value) -> String {
+    let Some(fields) = settings.as_object() else { return show(settings) };
+    fields.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| format!("{k} {}", show(v))).collect::<Vec<_>>().join("; ")
 }
 
 /// A value as one table cell.

@@ -207,13 +207,18 @@ fn the_dry_run_lists_additions_removals_and_changes() {
         .collect();
     assert!(rows.contains(&(Some("staging"), "branches", Some("main"), Some("release/*"))), "{rows:#?}");
     assert!(rows.contains(&(Some("staging"), "required_contexts", Some("—"), Some("ci"))), "{rows:#?}");
-    assert!(rows.contains(&(Some("preview"), "(environment)", None, Some("added"))), "{rows:#?}");
-    assert!(rows.contains(&(Some("docs"), "(environment)", Some("present"), None)), "{rows:#?}");
+    let added = rows.iter().find(|r| r.0 == Some("preview")).unwrap();
+    assert_eq!((added.1, added.2), ("(environment)", None), "{rows:#?}");
+    assert!(added.3.unwrap().starts_with("added: ") && added.3.unwrap().contains("branch_deploys true"), "{rows:#?}");
+    assert_eq!(rows.iter().filter(|r| r.0 == Some("preview")).count(), 1, "one row for an added environment");
+    let removed = rows.iter().find(|r| r.0 == Some("docs")).unwrap();
+    assert!(removed.2.unwrap().contains("branches main") && removed.3.is_none(), "{rows:#?}");
     assert!(rows.contains(&(None, "commands.permissions", Some("write, admin"), Some("admin"))), "{rows:#?}");
     assert!(!rows.iter().any(|r| r.0 == Some("production")), "unchanged environments are not listed: {rows:#?}");
     let md = table(&c);
     assert!(md.starts_with("| Environment | Setting | Now | After merge |"), "{md}");
-    assert!(md.contains("| docs | (environment) | present | removed |"), "{md}");
+    assert!(md.contains("| docs | (environment) | action none; branch_deploys false; branches main;"), "{md}");
+    assert!(md.contains("| removed |"), "{md}");
     assert_eq!(table(&changes(&now, &now)), "Merging this changes nothing deploy-webhook does.");
 }
 
