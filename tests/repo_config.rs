@@ -91,7 +91,7 @@ fn pull_request_opened() -> Value {
     let mut p = merged_pr(9, "master");
     p["action"] = json!("opened");
     p["pull_request"]["merged"] = json!(false);
-    p["pull_request"]["head"] = json!({"sha": HEAD, "ref": "config"});
+    p["pull_request"]["head"] = json!({"sha": HEAD, "ref": "config", "repo": {"full_name": REPO}});
     p
 }
 
@@ -265,4 +265,44 @@ async fn a_pull_request_that_changes_the_file_gets_a_dry_run_table() {
     let (_, body) = app.send(&Event::github("pull_request", &new_delivery_id(), &pull_request_opened())).await;
     assert_eq!(body["status"], "ignored", "{body}");
     assert_eq!(check_runs(&app).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_first_file_that_is_broken_leaves_the_stacks_settings_in_force() {
+    let app = TestApp::start().await;
+    accept_deployments(&app).await;
+    accept_check_runs(&app).await;
+    // No file anywhere: the stack's settings, valid, and kept as such.
+    let (_, body) = app.send(&Event::github("pull_request", &new_delivery_id(), &merged_pr(1, "master"))).await;
+    assert_eq!(body["status"], "processed", "{body}");
+    serve(&app, REPO, "environments:\n  docs:\n    branches: [master]\n    colour: red\n", "first-bad").await;
+    let (_, body) = app.send(&Event::github("push", &new_delivery_id(), &push(true))).await;
+    assert_eq!(body["status"], "config_invalid", "{body}");
+    let (_, body) = app.send(&Event::github("pull_request", &new_delivery_id(), &merged_pr(2, "master"))).await;
+    assert_eq!(body["status"], "processed", "the last valid configuration (no file) stays: {body}");
+    assert_eq!(created_environments(&app).await, ["production", "production"]);
+}
+
+#[tokio::test]
+async fn forks_get_no_dry_run_and_a_rate_limited_read_is_never_no_file() {
+    let app = TestApp::start().await;
+    accept_check_runs(&app).await;
+    let mut fork = pull_request_opened();
+    fork["pull_request"]["head"]["repo"] = json!({"full_name": "stranger/Hello-World"});
+    let (status, body) = app.send(&Event::github("pull_request", &new_delivery_id(), &fork)).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ignored")), "{body}");
+    assert!(app.config_calls().await.is_empty() && check_runs(&app).await.is_empty());
+
+    // A secondary rate limit answers 403 without a wait: GitHub unavailable, not "no file".
+    Mock::given(method("GET"))
+        .and(path(contents_path(REPO)))
+        .respond_with(
+            ResponseTemplate::new(403).set_body_json(json!({"message": "You have exceeded a secondary rate limit"})),
+        )
+        .mount(&app.github)
+        .await;
+    accept_deployments(&app).await;
+    let (status, body) = app.send(&Event::github("pull_request", &new_delivery_id(), &merged_pr(1, "master"))).await;
+    assert!(status >= 500, "{status} {body}");
+    assert!(created_environments(&app).await.is_empty());
 }

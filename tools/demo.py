@@ -519,7 +519,7 @@ def config_flow(fn, github, hook):
         payload = for_repo(events.load_payload("pull_request.merged"), "octo-org/web", number)
         payload["action"] = "synchronize"
         payload["pull_request"].update(merged=False, merge_commit_sha=None, merged_at=None, state="open")
-        payload["pull_request"]["head"]["sha"] = head_sha
+        payload["pull_request"]["head"].update(sha=head_sha, repo={"full_name": "octo-org/web"})
         return events.api_gateway_event("pull_request", payload, str(uuid.uuid4()), SECRET)
 
     def last_check_run():

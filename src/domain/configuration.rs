@@ -25,6 +25,8 @@ use crate::repo_config::{
 
 /// How many `_extends` a file may chain.
 pub const MAX_EXTENDS: usize = 3;
+/// Errors kept in the store and shown by `.status` (the check run lists them all, up to 50 lines).
+const MAX_KEPT_ERRORS: usize = 20;
 /// Parsed files kept per instance.
 const MAX_PARSED: usize = 2_000;
 /// The name of the check run on commits and pull requests.
@@ -95,6 +97,7 @@ pub fn stack_defaults(settings: &ServiceSettings, targets: StackTargets) -> Stac
         default_slack: targets.default_slack,
         slack_names: targets.slack_names,
         limits: settings.limits.clone(),
+        unchecked_secret_names: false,
     };
     let mut environments: Vec<EnvironmentSettings> = Vec::new();
     for rule in settings.rules.rules() {
@@ -170,7 +173,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                     .iter()
                     .map(|l| StoredConfigFile { repo: l.repo.clone(), blob: l.blob.clone(), text: l.source.clone() })
                     .collect();
-                let wanted = StoredRepoConfig { files, broken: None };
+                let wanted = StoredRepoConfig { valid: true, files, broken: None };
                 if stored.state != wanted {
                     self.save_config(repo, &wanted, stored.version).await?;
                 }
@@ -181,7 +184,8 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                 let broken = BrokenConfig {
                     commit: commit.map(|c| c.as_str().to_owned()),
                     blob: own_blob,
-                    errors: issues.iter().map(ToString::to_string).collect(),
+                    // Enough to act on, and the item stays far below DynamoDB's 400 KB.
+                    errors: issues.iter().take(MAX_KEPT_ERRORS).map(ToString::to_string).collect(),
                 };
                 warn!(%repo, errors = issues.len(), "the repository's configuration is invalid; the last valid one stays in force");
                 let last_valid = self.last_valid(&stored.state);
@@ -191,7 +195,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                     None => broken,
                 };
                 if stored.state.broken.as_ref() != Some(&broken) {
-                    let wanted = StoredRepoConfig { files: stored.state.files.clone(), broken: Some(broken.clone()) };
+                    let wanted = StoredRepoConfig { broken: Some(broken.clone()), ..stored.state.clone() };
                     self.save_config(repo, &wanted, stored.version).await?;
                 }
                 match last_valid {
@@ -227,7 +231,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
 
     /// The last valid configuration, re-resolved over today's stack settings.
     fn last_valid(&self, stored: &StoredRepoConfig) -> Option<RepoSettings> {
-        if stored.files.is_empty() {
+        if !stored.valid {
             return None;
         }
         let layers: Option<Vec<Layer>> = stored
@@ -347,13 +351,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             };
             let label = format!("{name}:{CONFIG_PATH}");
             let file = if blob.size > MAX_FILE_BYTES as u64 {
-                Err(vec![ConfigIssue {
-                    file: label.clone(),
-                    line: None,
-                    column: None,
-                    key: None,
-                    message: format!("the file is {} bytes; at most {} KB is read", blob.size, MAX_FILE_BYTES / 1024),
-                }])
+                Err(too_large(&label, blob.size))
             } else {
                 self.parse_once(&label, &blob)
             };
@@ -374,9 +372,13 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             });
             let Some(target) = extends else { break };
             let target = if target.contains('/') { target } else { format!("{owner}/{target}") };
+            let same_owner = target.split('/').next().is_some_and(|o| o.eq_ignore_ascii_case(&owner));
             let problem = if RepoFullName::parse(&target).is_err() {
                 Some(format!("`{target}` is not a repository"))
-            } else if key.iter().any(|(seen, _)| *seen == target) {
+            } else if !same_owner {
+                // Another owner's file is another tenant's: never read on this one's behalf.
+                Some(format!("`{target}` belongs to another owner: only {owner}'s repositories can be extended"))
+            } else if key.iter().any(|(seen, _)| seen.eq_ignore_ascii_case(&target)) {
                 Some(format!("`{target}` is already in the chain: a cycle"))
             } else if depth + 1 > MAX_EXTENDS {
                 Some(format!("at most {MAX_EXTENDS} files can be chained with _extends"))
@@ -396,12 +398,17 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         // The organisation's defaults, under everything (unless this is that repository, or the
         // chain already holds it).
         let org = format!("{owner}/.github");
-        if repo.as_str() != org && !chain.iter().any(|l| l.repo == org) {
+        if !repo.as_str().eq_ignore_ascii_case(&org) && !chain.iter().any(|l| l.repo.eq_ignore_ascii_case(&org)) {
             let blob = self.default_file(&org, deadline).await?;
             key.push((org.clone(), blob.as_ref().map(|b| b.sha.clone()).unwrap_or_default()));
             if let Some(blob) = blob {
                 let label = format!("{org}:{CONFIG_PATH}");
-                match self.parse_once(&label, &blob) {
+                let parsed = if blob.size > MAX_FILE_BYTES as u64 {
+                    Err(too_large(&label, blob.size))
+                } else {
+                    self.parse_once(&label, &blob)
+                };
+                match parsed {
                     Ok(file) if file.extends.is_none() => chain.insert(
                         0,
                         Layer { repo: org.clone(), blob: blob.sha.clone(), label, source: blob.text.clone(), file },
@@ -474,7 +481,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                 "The configuration is invalid; the last valid one stays in force",
             ),
         };
-        self.github.create_check_run(repo, &run, deadline).await?;
+        post_check_run(&self.github, repo, &run, deadline).await?;
         Ok(Outcome::ConfigChecked { valid: issues.is_empty(), changes: 0 })
     }
 
@@ -519,8 +526,36 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                 Outcome::ConfigChecked { valid: false, changes: 0 },
             ),
         };
-        self.github.create_check_run(repo, &run, deadline).await?;
+        post_check_run(&self.github, repo, &run, deadline).await?;
         Ok(outcome)
+    }
+}
+
+fn too_large(label: &str, size: u64) -> Vec<ConfigIssue> {
+    vec![ConfigIssue {
+        file: label.to_owned(),
+        line: None,
+        column: None,
+        key: None,
+        message: format!("the file is {size} bytes; at most {} KB is read", MAX_FILE_BYTES / 1024),
+    }]
+}
+
+/// Posts a check run; with a token that cannot create them (a personal access token: only Apps
+/// can), the result is logged instead and the delivery still succeeds.
+async fn post_check_run<G: GitHub>(
+    github: &G,
+    repo: &RepoFullName,
+    run: &NewCheckRun,
+    deadline: Deadline,
+) -> Result<(), ServiceError> {
+    match github.create_check_run(repo, run, deadline).await {
+        Ok(()) => Ok(()),
+        Err(GitHubError::Api { status, message }) => {
+            warn!(%repo, status, %message, title = %run.title, "could not create the check run (a GitHub App can; a token cannot); its result is only logged");
+            Ok(())
+        }
+        Err(other) => Err(other.into()),
     }
 }
 
@@ -528,7 +563,7 @@ fn failed_check(repo: &RepoFullName, head_sha: &str, issues: &[ConfigIssue], tit
     let own = format!("{repo}:{CONFIG_PATH}");
     let mut summary = format!("{} problem{}:\n\n", issues.len(), if issues.len() == 1 { "" } else { "s" });
     for issue in issues {
-        summary.push_str(&format!("- `{issue}`\n"));
+        summary.push_str(&format!("- {}\n", issue.to_string().replace('\n', " ")));
     }
     NewCheckRun {
         name: CHECK_NAME.to_owned(),
@@ -538,13 +573,14 @@ fn failed_check(repo: &RepoFullName, head_sha: &str, issues: &[ConfigIssue], tit
         summary,
         annotations: issues
             .iter()
-            .filter(|i| i.file == own)
+            // Problems without a line (a missing `_extends` target) are in the summary only.
+            .filter(|i| i.file == own && i.line.is_some())
             .map(|i| {
                 let what = match &i.key {
                     Some(key) => format!("{key}: {}", i.message),
                     None => i.message.clone(),
                 };
-                (CONFIG_PATH.to_owned(), i.line.unwrap_or(1), what)
+                (CONFIG_PATH.to_owned(), i.line.unwrap_or_default(), what)
             })
             .collect(),
     }

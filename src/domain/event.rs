@@ -32,6 +32,8 @@ pub enum WebhookEvent {
         repo: RepoFullName,
         number: u64,
         head_sha: Sha,
+        /// The head is another repository's (a fork's): no dry run.
+        from_fork: bool,
         installation: Option<u64>,
     },
     /// An event or action we don't act on, with a short reason for the response.

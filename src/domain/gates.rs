@@ -163,9 +163,16 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         let due = self.store.due_checks_waits(self.clock.now_ms(), 25).await?;
         let mut handled = 0;
         for (repo, sha) in due {
-            if let Err(err) = self.repo_config(&repo, deadline).await {
-                warn!(%repo, error = %err, "could not read the repository's configuration; the next sweep tries again");
-                continue;
+            match self.repo_config(&repo, deadline).await {
+                Ok(super::configuration::RepoConfig::Settings(_)) => {}
+                Ok(super::configuration::RepoConfig::Refused(reason)) => {
+                    warn!(%repo, %reason, "the repository has no valid configuration; its merges wait");
+                    continue;
+                }
+                Err(err) => {
+                    warn!(%repo, error = %err, "could not read the repository's configuration; the next sweep tries again");
+                    continue;
+                }
             }
             match self.checks_completed(&repo, &sha, deadline).await {
                 Ok(_) => handled += 1,

@@ -94,6 +94,9 @@ pub struct Versioned<T = EnvironmentState> {
 /// (re-resolved over the stack's settings when read), and what broke it since.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoredRepoConfig {
+    /// Whether a valid configuration was ever in force (with no file at all, `files` is empty).
+    #[serde(default)]
+    pub valid: bool,
     pub files: Vec<StoredConfigFile>,
     pub broken: Option<crate::repo_config::BrokenConfig>,
 }

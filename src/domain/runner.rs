@@ -167,10 +167,17 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                 break;
             }
             // The repository's settings (its timeouts, its hook) before its runs are driven.
-            if let Err(err) = self.repo_config(&key.repo, deadline).await {
-                report.failed += 1;
-                warn!(repository = %key.repo, error = %err, "the sweep could not read the repository's configuration; the next sweep tries again");
-                continue;
+            match self.repo_config(&key.repo, deadline).await {
+                Ok(super::configuration::RepoConfig::Settings(_)) => {}
+                Ok(super::configuration::RepoConfig::Refused(reason)) => {
+                    warn!(repository = %key.repo, %reason, "the repository has no valid configuration; its runs wait");
+                    continue;
+                }
+                Err(err) => {
+                    report.failed += 1;
+                    warn!(repository = %key.repo, error = %err, "the sweep could not read the repository's configuration; the next sweep tries again");
+                    continue;
+                }
             }
             match self.act(&key, Some(current), &Trigger::Sweep, deadline).await.map(|(verdict, _)| verdict) {
                 Ok(Verdict::Accepted) => report.healed += 1,

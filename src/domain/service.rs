@@ -292,6 +292,11 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             WebhookEvent::DefaultBranchPushed { repo, after, touched, .. } => {
                 return self.config_pushed(repo, after, *touched, deadline).await;
             }
+            // The dry run shows the repository's settings: not to whoever opens a pull request
+            // from a fork (on a public repository, anyone).
+            WebhookEvent::PullRequestUpdated { from_fork: true, .. } => {
+                return Ok(Outcome::Ignored { reason: "pull requests from forks get no dry run".to_owned() });
+            }
             WebhookEvent::PullRequestUpdated { repo, head_sha, .. } => {
                 return self.config_dry_run(repo, head_sha, deadline).await;
             }

@@ -639,15 +639,21 @@ impl GitHub for GitHubClient {
         if let Some(git_ref) = git_ref {
             url.push_str(&format!("?ref={}", form_urlencoded::byte_serialize(git_ref.as_bytes()).collect::<String>()));
         }
-        let content: WireContent = match self.call("read file", Method::GET, &url, repo, None, deadline).await {
+        let content: Value = match self.call("read file", Method::GET, &url, repo, None, deadline).await {
             Ok(content) => content,
             Err(GitHubError::Api { status: 404, .. }) => return Ok(None),
-            Err(GitHubError::Api { status: 403, message }) => {
+            // Not installed there, or Contents: read not granted (yet): a repository whose files
+            // this deployer cannot read has none for it. Any other 403 (a secondary rate limit)
+            // is GitHub unavailable: never read as "no file".
+            Err(GitHubError::Api { status: 403, message }) if message.contains("not accessible") => {
                 warn!(%repo, %message, "no access to the repository's files (Contents: read); read as no file");
                 return Ok(None);
             }
+            Err(GitHubError::Api { status: 403, message }) => return Err(GitHubError::Unavailable(message)),
             Err(other) => return Err(other),
         };
+        // A folder at the path answers a list: not a file.
+        let content: WireContent = serde_json::from_value(content).unwrap_or_default();
         if content.kind != "file" {
             return Ok(None);
         }

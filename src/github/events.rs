@@ -58,6 +58,13 @@ struct PullRequest {
 #[derive(Deserialize)]
 struct HeadRef {
     sha: String,
+    #[serde(default)]
+    repo: Option<HeadRepo>,
+}
+
+#[derive(Deserialize)]
+struct HeadRepo {
+    full_name: String,
 }
 
 /// `push`: the branch, the new head, and which files its commits touched.
@@ -68,6 +75,8 @@ struct PushEvent {
     after: String,
     #[serde(default)]
     deleted: bool,
+    #[serde(default)]
+    forced: bool,
     #[serde(default)]
     commits: Vec<PushCommit>,
     repository: Repository,
@@ -84,8 +93,8 @@ struct PushCommit {
     removed: Vec<String>,
 }
 
-/// GitHub lists at most this many commits in a push event; a longer push may touch any file.
-const PUSH_COMMITS_LISTED: usize = 20;
+/// A push webhook lists at most this many commits; a longer push may touch any file.
+const PUSH_COMMITS_LISTED: usize = 2048;
 
 #[derive(Deserialize)]
 struct BaseRef {
@@ -262,7 +271,9 @@ fn push(e: PushEvent) -> Result<WebhookEvent, InvalidValue> {
         return Ok(WebhookEvent::Ignored { reason: "a push to a branch other than the default one".to_owned() });
     }
     let path = crate::repo_config::CONFIG_PATH;
-    let touched = e.commits.len() >= PUSH_COMMITS_LISTED
+    // A forced push may have dropped commits that touched the file without listing them.
+    let touched = e.forced
+        || e.commits.len() >= PUSH_COMMITS_LISTED
         || e.commits.iter().any(|c| c.added.iter().chain(&c.modified).chain(&c.removed).any(|p| p == path));
     Ok(WebhookEvent::DefaultBranchPushed {
         repo: RepoFullName::parse(&e.repository.full_name)?,
@@ -275,10 +286,13 @@ fn push(e: PushEvent) -> Result<WebhookEvent, InvalidValue> {
 fn pull_request(e: PullRequestEvent) -> Result<WebhookEvent, InvalidValue> {
     if matches!(e.action.as_str(), "opened" | "synchronize" | "reopened") {
         let head = e.pull_request.head.as_ref().ok_or(InvalidValue { what: "pull_request.head", reason: "missing" })?;
+        // A deleted fork has no head repository: a fork all the same.
+        let from_fork = head.repo.as_ref().is_none_or(|r| !r.full_name.eq_ignore_ascii_case(&e.repository.full_name));
         return Ok(WebhookEvent::PullRequestUpdated {
             repo: RepoFullName::parse(&e.repository.full_name)?,
             number: e.pull_request.number,
             head_sha: Sha::parse(&head.sha)?,
+            from_fork,
             installation: e.installation.map(|i| i.id),
         });
     }

@@ -174,7 +174,7 @@ pub fn locate(source: &str, path: &[&str]) -> (Option<u64>, Option<u64>) {
         let mut hit = None;
         for (i, text) in source.lines().enumerate().skip(from) {
             let indent = text.len() - text.trim_start().len();
-            if !text.trim().is_empty() && !text.trim_start().starts_with('#') && indent < min_indent && i > from {
+            if !text.trim().is_empty() && !text.trim_start().starts_with('#') && indent < min_indent {
                 break;
             }
             let key = text.trim_start().split_once(':').map(|(k, _)| k.trim().trim_matches(['"', '\'']));
@@ -256,6 +256,9 @@ mod tests {
         assert_eq!(locate(source, &["environments", "production", "timeout_minutes"]), (Some(5), Some(5)));
         assert_eq!(locate(source, &["environments", "production", "action"]), (Some(4), Some(3)));
         assert_eq!(locate(source, &["commands"]), (None, None));
+        // A key missing under one environment is never found under the next one.
+        let two = "environments:\n  staging:\n  production:\n    branches: [main]\n";
+        assert_eq!(locate(two, &["environments", "staging", "branches"]), (Some(2), Some(3)));
     }
 
     #[test]

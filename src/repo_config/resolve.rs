@@ -57,6 +57,9 @@ pub struct StackDefaults {
     pub default_slack: bool,
     pub slack_names: HashSet<String>,
     pub limits: OperatorLimits,
+    /// Offline checks (`check-config` without the stack's settings): any secret name is taken
+    /// as held, since the stack's are unknown there.
+    pub unchecked_secret_names: bool,
 }
 
 /// What no repository file can widen.
@@ -158,12 +161,29 @@ fn apply(stack: &StackDefaults, layer: &Layer, settings: &mut RepoSettings, issu
     }
     for (name, env_file) in layer.file.environments.iter().flat_map(|m| m.iter()) {
         let environment = match Environment::parse(name) {
-            Ok(environment) => environment,
+            // Exactly as written: `"production "` would pass a pin on `production` and then
+            // configure it.
+            Ok(environment) if environment.as_str() == name => environment,
+            Ok(_) => {
+                issue(&["environments", name], "an environment name has no leading or trailing spaces".to_owned());
+                continue;
+            }
             Err(e) => {
                 issue(&["environments", name], format!("not a valid environment name: {e}"));
                 continue;
             }
         };
+        // GitHub's environment names ignore case: `Production` beside `production` is one
+        // environment on GitHub and two here.
+        if let Some(other) =
+            settings.environments.iter().find(|e| e.name != environment && e.name.as_str().eq_ignore_ascii_case(name))
+        {
+            issue(
+                &["environments", name],
+                format!("`{name}` differs from `{}` only by case: use one spelling", other.name),
+            );
+            continue;
+        }
         let index = match settings.environments.iter().position(|e| e.name == environment) {
             Some(index) => index,
             None => {
@@ -271,7 +291,7 @@ fn apply_environment(
             let secret = match &hook.secret {
                 Some(given) => {
                     let suffix = SecretName::suffix_of(given);
-                    if stack.hook_secret_names.contains(&suffix) {
+                    if stack.hook_secret_names.contains(&suffix) || stack.unchecked_secret_names {
                         Some(SecretName::Named(suffix))
                     } else {
                         issue(
@@ -306,7 +326,7 @@ fn apply_environment(
             env.slack = None;
         } else if let Some(given) = &slack.secret {
             let suffix = SecretName::suffix_of(given);
-            if stack.slack_names.contains(&suffix) {
+            if stack.slack_names.contains(&suffix) || stack.unchecked_secret_names {
                 env.slack = Some(SecretName::Named(suffix));
             } else {
                 issue(

@@ -136,6 +136,19 @@ impl RepoSettings {
     }
 }
 
+/// A hook URL as shown to people (check runs are readable by anyone who can read the
+/// repository): its scheme and host only, since a path or query can hold a credential.
+fn shown_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => match (u.host_str(), u.port()) {
+            (Some(host), Some(port)) => format!("{}://{host}:{port}/…", u.scheme()),
+            (Some(host), None) => format!("{}://{host}/…", u.scheme()),
+            _ => "(a URL)".to_owned(),
+        },
+        Err(_) => "(a URL)".to_owned(),
+    }
+}
+
 impl EnvironmentSettings {
     pub fn describe(&self) -> Value {
         let minutes = |d: Duration| {
@@ -156,7 +169,7 @@ impl EnvironmentSettings {
             "action": match &self.action {
                 ActionSettings::Succeed => json!("none"),
                 ActionSettings::Hook { url, secret } => json!({ "hook": {
-                    "url": url,
+                    "url": shown_url(url),
                     "secret": secret.variable("HOOK_SIGNING_SECRET"),
                 }}),
             },

@@ -35,6 +35,7 @@ fn stack() -> StackDefaults {
             allowed_hook_hosts: vec!["deploy.example.com".into(), "*.deploys.example.net".into()],
             permission_floor: 2,
         },
+        unchecked_secret_names: false,
     };
     let mut production = s.environment(&env("production"));
     production.branches = vec![BranchPattern::DefaultBranch];
@@ -168,6 +169,14 @@ fn pins_and_the_permission_floor_are_errors_in_the_file_that_tries() {
     assert!(shown[4].contains("did you mean `write`?"), "{shown:#?}");
     assert_eq!(e.len(), 5);
     assert!(parse_pins("environments.*.colour").is_err());
+    // A pinned environment cannot be reached by another spelling.
+    let mut s = stack();
+    s.limits.pins = parse_pins("environments.production.action").unwrap();
+    for sneaky in ["'production ':\n    action: none\n", "Production:\n    action: none\n"] {
+        let file = layer("octo/api", &format!("environments:\n  {sneaky}"));
+        let e = resolve(&s, &[file]).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:#?}");
+    }
     assert!(parse_pins("commands").is_ok());
 }
 
