@@ -2,7 +2,7 @@
 """`make run`: the whole flow on this machine, with no AWS account and no network.
 
 Starts a local DynamoDB (moto, table created), a GitHub stand-in on loopback, and the real
-function (the release binary under a local Lambda Runtime API), then sends sample events through
+function (the debug binary, as make run builds it, under a local Lambda Runtime API), then sends sample events through
 it in the order GitHub would: ping → a merged PR → the deployment it created → that deployment's
 status, plus a redelivery and two deliveries that are refused or ignored. It prints each response,
 each GitHub API call, and the final DynamoDB state; it exits non-zero if anything differs from
@@ -45,7 +45,7 @@ SECRET = events.SAMPLE_SECRET
 # The deploy hooks' own secret (HOOK_SIGNING_SECRET): the hook stand-in verifies calls and signs
 # its callbacks with it; the webhook secret is never given to it.
 HOOK_SECRET = "sample-hook-secret"
-BINARY = ROOT / "target" / "release" / "deploy-webhook"
+BINARY = ROOT / "target" / "debug" / "deploy-webhook"
 BOLD, DIM, GREEN, RED, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m") if sys.stdout.isatty() \
     else ("", "", "", "", "")
 
@@ -57,7 +57,7 @@ APP_MODE = "--app" in sys.argv[1:]
 IAM_MODE = "--iam" in sys.argv[1:]
 # The demo's own reads of the table (the final state): an admin's keys once IAM is enforced.
 READER = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
-# --binary PATH: another build of the function (make iam-check uses the debug one cargo test built).
+# --binary PATH: another build of the function (e.g. target/release/deploy-webhook).
 BINARY = Path(sys.argv[sys.argv.index("--binary") + 1]).resolve() if "--binary" in sys.argv[1:-1] else BINARY
 APP_ID = 424242
 # The App's installations as the stand-in knows them: the sample repository's installation (its
