@@ -5,6 +5,7 @@ pub mod commands;
 pub mod creation;
 pub mod deadline;
 pub mod event;
+pub mod features;
 pub mod gates;
 pub mod ports;
 pub mod redelivery;

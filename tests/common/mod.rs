@@ -427,8 +427,24 @@ impl TestApp {
             .unwrap_or(Value::Null)
     }
 
+    /// The table's items, without the stack's record of the event kinds it received
+    /// (`STACK`/`EVENTS_SEEN`, see [`TestApp::events_seen`]): what deliveries stored.
     pub async fn items(&self) -> Vec<Item> {
-        scan(&self.dynamo, &self.table).await
+        scan(&self.dynamo, &self.table).await.into_iter().filter(|i| attr_s(i, "pk") != Some("STACK")).collect()
+    }
+
+    /// The stack's record of the event kinds it received: (event, ms) pairs, sorted.
+    pub async fn events_seen(&self) -> Vec<(String, u64)> {
+        let mut seen: Vec<(String, u64)> = scan(&self.dynamo, &self.table)
+            .await
+            .iter()
+            .filter(|i| attr_s(i, "pk") == Some("STACK") && attr_s(i, "sk") == Some("EVENTS_SEEN"))
+            .flat_map(|i| {
+                i.keys().filter_map(|k| Some((k.strip_prefix("seen_")?.to_owned(), attr_n(i, k)?))).collect::<Vec<_>>()
+            })
+            .collect();
+        seen.sort();
+        seen
     }
 
     /// The requests GitHub received, as (method, path).
