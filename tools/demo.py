@@ -67,7 +67,7 @@ OTHER_REPO = ("octo-org/api", 555000111)
 
 
 def short(value, width=110):
-    text = json.dumps(value, separators=(",", ":")) if not isinstance(value, str) else value
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False) if not isinstance(value, str) else value
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -76,7 +76,15 @@ def answer(body):
     if not isinstance(body, dict):
         return short(body, 200)
     rest = {k: v for k, v in body.items() if k not in ("status", "delivery")}
-    return f"{body.get('status')}  {json.dumps(rest, separators=(',', ':'))}"
+    return f"{body.get('status')}  {json.dumps(rest, separators=(',', ':'), ensure_ascii=False)}"
+
+
+def sweep_answer(result):
+    """The scheduled sweep's answer in the style of a delivery's: `swept`, then what it did."""
+    if not isinstance(result, dict):
+        return short(result, 200)
+    rest = {k: v for k, v in result.items() if k != "status"}
+    return f"{result.get('status', '?')}  {json.dumps(rest, separators=(',', ':'), ensure_ascii=False)}"
 
 
 def show_call(call):
@@ -254,7 +262,7 @@ def timeout_flow(fn, github):
                  "resources": ["arn:aws:events:us-east-1:123456789012:rule/deploy-webhook-sweep"], "detail": {}}
     print(f"\n{BOLD}▶ the scheduled sweep (an EventBridge event){RESET}")
     result = fn.invoke(scheduled)
-    print(f"  ← {json.dumps(result)}")
+    print(f"  ← {sweep_answer(result)}")
     if result.get("healed") != 1:
         failures.append(f"the sweep should have timed out one run: {result}")
     got = timeline(github, [deployment_id])
@@ -381,7 +389,10 @@ def commands_flow(fn, github):
         failures.append(f"the commands' timeline is {got}, expected {want}")
     print(f"\n{BOLD}The bot's replies{RESET}")
     for c in github.comments[replies_from:]:
-        print(f"  #{c['issue']}: {short(c['body'].splitlines()[0], 160)}")
+        first, *more = c["body"].splitlines()
+        print(f"  #{c['issue']}: {short(first, 160)}")
+        for line in more:  # a .status table, as the pull request shows it
+            print(f"       {short(line, 160)}" if line.strip() else "")
 
 
 # ---------------------------------------------------------------- GitHub App mode (--app)
@@ -424,7 +435,7 @@ def sweep(fn, title):
                  "resources": ["arn:aws:events:us-east-1:123456789012:rule/deploy-webhook-sweep"], "detail": {}}
     print(f"\n{BOLD}▶ {title}{RESET}")
     result = fn.invoke(scheduled)
-    print(f"  ← {json.dumps(result)}")
+    print(f"  ← {sweep_answer(result)}")
     return result
 
 
