@@ -629,7 +629,9 @@ if __name__ == "__main__":
     gh = GitHubStandIn(port=args.port, seed=seed, pulls=pulls, app=app, installations=installations,
                        on_call=show).start()
     if args.send_deployment_events:
-        send_deployment_events(gh, args.send_deployment_events, os.environ.get("GITHUB_WEBHOOK_SECRET", ""),
+        # Signed as GitHub signs: with the webhook's secret (the first of a rotation's list).
+        send_deployment_events(gh, args.send_deployment_events,
+                               os.environ.get("GITHUB_WEBHOOK_SECRET", "").split(",")[0].strip(),
                                lambda line: print(line, flush=True))
     known = (f", knows sample deployment {', '.join(str(d['id']) for d in seed)} and pull request "
              f"{', '.join('#' + str(p['number']) for p in pulls)}") if seed else ""
