@@ -17,8 +17,8 @@ defence failed), if the function did not really run, or if anything outlives the
 
 Why the real cargo-lambda and not only the arguments handed to it: the leak was cargo-lambda's
 own logging, which a new cargo-lambda version can change; only running it shows what it prints.
-The debug binary is built first (no-op after `cargo test`, which builds it; 2-3 minutes on a
-fresh clone); from then on everything is bounded (RUN_TIMEOUT s, default 90) and on loopback.
+The debug binary is built first (no-op after `cargo test`, which builds it; 3-4 minutes on a
+fresh clone with 2 cores); from then on everything is bounded (RUN_TIMEOUT s, default 90) and on loopback.
 """
 import json
 import os
