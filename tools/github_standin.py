@@ -76,7 +76,8 @@ BOT_LOGIN = "deploy-bot"
 APP_BOT = "deploy-webhook-local[bot]"
 STATUSES = re.compile(r"^/repos/([^/]+/[^/]+)/deployments/(\d+)/statuses$")
 DEPLOYMENT = re.compile(r"^/repos/([^/]+/[^/]+)/deployments/(\d+)$")
-PAYLOADS = Path(__file__).resolve().parent.parent / "events" / "payloads"
+ROOT = Path(__file__).resolve().parent.parent
+PAYLOADS = ROOT / "events" / "payloads"
 STATES = {"error", "failure", "inactive", "in_progress", "queued", "pending", "success"}
 ACCESS_TOKENS = re.compile(r"^/app/installations/(\d+)/access_tokens$")
 REPO_INSTALLATION = re.compile(r"^/repos/([^/]+/[^/]+)/installation$")
@@ -338,6 +339,14 @@ class GitHubStandIn:
                     installation = int(m_token[1])
                     if installation not in gh.installations:
                         return self._reply(404, {"message": "Not Found"}, body)
+                    # The installation grants what the App's manifest asks for; asking for more is
+                    # refused, as GitHub refuses it.
+                    granted = json.loads((ROOT / "github-app-manifest.json").read_text())["default_permissions"]
+                    asked = (body or {}).get("permissions") if isinstance(body, dict) else None
+                    rank = {"read": 1, "write": 2, "admin": 3}
+                    if asked and any(rank.get(level, 9) > rank.get(granted.get(name), 0) for name, level in asked.items()):
+                        return self._reply(422, {"message": "The permissions requested are not granted to this "
+                                                 "installation."}, body)
                     token, expires_at = f"ghs_{secrets.token_hex(18)}", int(time.time()) + TOKEN_LIFETIME_S
                     # A token asked for some repositories (by name) reaches only those, as GitHub's.
                     names = (body or {}).get("repositories") if isinstance(body, dict) else None
@@ -349,9 +358,7 @@ class GitHubStandIn:
                                                 if isinstance(body, dict) else None})
                         gh.token_requests.append(installation)
                     return self._reply(201, {"token": token, "expires_at": iso(expires_at),
-                                             "permissions": {"checks": "read", "deployments": "write",
-                                                             "issues": "write", "metadata": "read",
-                                                             "pull_requests": "read", "statuses": "read"},
+                                             "permissions": asked or granted,
                                              "repository_selection": "selected"}, body)
                 delivery_id = int(m_attempt[1])
                 with gh.lock:
