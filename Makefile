@@ -17,9 +17,12 @@ help: ## list the targets
 # The project's Python tools (local DynamoDB server, template linters), reinstalled only when
 # tools/requirements.txt changes.
 $(STAMP): tools/requirements.txt
+	@echo "installing the Python tools into .venv (a few minutes, once; again only when tools/requirements.txt changes) ..."
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r tools/requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -r tools/requirements.txt
 	@touch $@
+	@echo "the Python tools are installed in .venv"
+
 
 .PHONY: venv
 venv: $(STAMP) ## install the Python tools into .venv
@@ -84,9 +87,13 @@ secrets-check: $(STAMP) ## no secret from .env reaches the terminal through make
 # run), plus one token per installation and a failed delivery redelivered by the sweep.
 APP ?=
 .PHONY: run
+# It runs the debug build (the dev profile): the binary make watch and make test's checks use
+# too, so one build serves the three. The shipping profile (fat LTO, one codegen unit: several
+# times longer to build) is for make build and make bench only.
 run: $(STAMP) ## the whole flow locally: sample events through the real function, local DynamoDB and GitHub (APP=1: as a GitHub App; IAM=1: as a role with exactly template.yaml's policy)
-	cargo build --release --locked
-	$(PY) tools/demo.py$(if $(filter 1,$(APP)), --app)$(if $(filter 1,$(IAM)), --iam)
+	@test -x target/debug/deploy-webhook || echo "building the function (the debug build; the first time takes minutes, see the README) ..."
+	cargo build --locked --bin deploy-webhook
+	$(PY) tools/demo.py --binary target/debug/deploy-webhook$(if $(filter 1,$(APP)), --app)$(if $(filter 1,$(IAM)), --iam)
 
 .PHONY: events
 events: ## rebuild and re-sign events/*.json from events/payloads/ (secret: $GITHUB_WEBHOOK_SECRET or the sample)

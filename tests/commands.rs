@@ -391,6 +391,46 @@ async fn status_lists_every_environment() {
 }
 
 #[tokio::test]
+async fn status_names_the_events_a_feature_needs_that_this_stack_never_received() {
+    let app = app().await;
+    permission(&app, "alice", "write", "write").await;
+    // Only comments have arrived: deployments and gates are missing their events.
+    app.send(&deliver(&comment(".status", "alice", false))).await;
+    let reply = said(&app).await.1[0].clone();
+    assert!(reply.contains("⚠ Merged pull requests become deployments"), "{reply}");
+    assert!(
+        reply.contains(
+            "never received Pull requests (`pull_request`), Deployments (`deployment`) and Deployment statuses"
+        ),
+        "{reply}"
+    );
+    assert!(
+        reply.contains("⚠ Gates") && reply.contains("Check suites (`check_suite`) or Statuses (`status`)"),
+        "{reply}"
+    );
+    assert!(!reply.contains("⚠ Comment commands"), "the comment itself came: {reply}");
+    let seen = app.events_seen().await;
+    assert_eq!(seen.iter().map(|(e, _)| e.as_str()).collect::<Vec<_>>(), ["issue_comment"]);
+
+    // A `status` event covers the gates (either event does); the deployments still lack theirs.
+    let mut status = fixture("ping");
+    status = json!({"sha": "f95f852bd8fca8fcc58a9a2d6c842781e32a215e", "state": "pending", "context": "ci",
+                    "repository": status["repository"].clone()});
+    status["repository"]["full_name"] = json!(REPO);
+    app.send(&Event::github("status", &new_delivery_id(), &status)).await;
+    let mut again = comment(".status", "alice", false);
+    again["comment"]["id"] = json!(COMMENT_ID + 1);
+    app.send(&deliver(&again)).await;
+    let reply = said(&app).await.1[1].clone();
+    assert!(!reply.contains("⚠ Gates"), "{reply}");
+    assert!(reply.contains("⚠ Merged pull requests become deployments"), "{reply}");
+    // The second comment wrote nothing more to the record (recorded at most once a day).
+    let after = app.events_seen().await;
+    assert_eq!(after.iter().find(|(e, _)| e == "issue_comment"), seen.iter().find(|(e, _)| e == "issue_comment"));
+    assert_eq!(after.iter().map(|(e, _)| e.as_str()).collect::<Vec<_>>(), ["issue_comment", "status"]);
+}
+
+#[tokio::test]
 async fn a_deployment_naming_the_lock_holder_passes_the_lock_only_if_this_deployer_created_it() {
     let app = app().await;
     permission(&app, "alice", "write", "write").await;

@@ -57,6 +57,9 @@ async fn a_merge_waits_for_pending_checks_then_deploys_once_they_pass() {
     let merge = Event::github("pull_request", &new_delivery_id(), &merged_pr(2, "master"));
     let (status, body) = app.send(&merge).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("waiting")), "{body}");
+    // No check_suite or status event has ever reached this stack: the answer says so.
+    let note = body["note"].as_str().unwrap_or_default();
+    assert!(note.contains("Check suites (`check_suite`) or Statuses (`status`)"), "{body}");
     assert_eq!(body["detail"]["deployments"][0]["contexts"], json!(["ci/test"]));
     assert_eq!(posts(&app).await[0]["required_contexts"], json!(["ci/build", "ci/test"]));
     // A redelivery while it waits creates nothing.
@@ -78,6 +81,7 @@ async fn a_merge_waits_for_pending_checks_then_deploys_once_they_pass() {
         .await;
     let (status, body) = app.send(&check_suite_completed()).await;
     assert_eq!((status, body["detail"]["created"].as_u64()), (200, Some(1)), "{body}");
+    assert_eq!(app.events_seen().await.iter().filter(|(e, _)| e == "check_suite").count(), 1);
     // The same event again, or a late redelivery of the merge: nothing more.
     assert_eq!(app.send(&check_suite_completed()).await.1["status"], "ignored");
     assert_eq!(app.send(&merge).await.1["status"], "duplicate");

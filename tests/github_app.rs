@@ -356,12 +356,17 @@ async fn installation_tokens_are_scoped_to_the_repository_and_the_functions_perm
         .filter(|r| r.url.path().ends_with("/access_tokens"))
         .map(|r| r.body_json().unwrap())
         .collect();
+    // Exactly what the App's manifest grants (tests/features.rs checks the manifest against the
+    // features' list: deployments write, issues write, pull requests, statuses, checks, metadata).
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/github-app-manifest.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(
         asked,
         [json!({
             "repositories": [REPO.split_once('/').unwrap().1],
-            "permissions": {"deployments": "write", "issues": "write", "pull_requests": "read",
-                            "statuses": "read", "checks": "write", "contents": "read", "metadata": "read"},
+            "permissions": manifest["default_permissions"],
         })]
     );
     assert_eq!(issued.lock().unwrap().len(), 1);

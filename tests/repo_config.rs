@@ -115,7 +115,7 @@ async fn a_repository_file_chooses_the_environments_and_a_warm_delivery_reads_no
     app.send(&Event::github("deployment", &new_delivery_id(), &deployment_created(5, "staging"))).await;
     assert_eq!(app.config_calls().await.len(), 2, "{:?}", app.config_calls().await);
     // The last valid configuration is kept, with the blob it came from.
-    let items = app.items().await;
+    let items = app.config_items().await;
     let kept = items.iter().find(|i| attr_s(i, "sk") == Some("CONFIG")).expect("a CONFIG item");
     assert!(attr_s(kept, "doc").is_some_and(|d| d.contains("\"blob\":\"b1\"")), "{kept:?}");
 }
@@ -194,7 +194,7 @@ async fn an_invalid_file_never_valid_refuses_and_a_broken_one_keeps_the_last_val
         ["production", "docs"],
         "the stack's production, and the last valid file's docs"
     );
-    let items = app.items().await;
+    let items = app.config_items().await;
     let kept = items.iter().find(|i| attr_s(i, "sk") == Some("CONFIG")).unwrap();
     let doc = attr_s(kept, "doc").unwrap();
     assert!(doc.contains("good1") && doc.contains(HEAD), "the last valid blob, and the commit that broke it: {doc}");

@@ -2,7 +2,9 @@
 """`make secrets-check` (part of `make test`): no value from .env reaches the terminal through
 `make watch` or `make invoke`.
 
-It writes an env file with sentinel secrets (webhook secret, GitHub token, AWS secret key) and
+It runs twice, in token mode and in GitHub App mode. It writes an env file with sentinel secrets
+(webhook secret, hook secret, AWS secret key, and the GitHub token or the App's multi-line private
+key) and
 free loopback ports, then runs the real `make watch ENV_FILE=... WATCH_PORT=...` with RUST_LOG=trace
 in its environment (a developer's shell may have it; cargo-lambda's file watcher then logs the
 function's whole environment), sends events through `make invoke` (a ping, a merged PR and a
@@ -15,8 +17,8 @@ defence failed), if the function did not really run, or if anything outlives the
 
 Why the real cargo-lambda and not only the arguments handed to it: the leak was cargo-lambda's
 own logging, which a new cargo-lambda version can change; only running it shows what it prints.
-The debug binary is built first (no-op after `cargo test`, which builds it; 2-3 minutes on a
-fresh clone); from then on everything is bounded (RUN_TIMEOUT s, default 90) and on loopback.
+The debug binary is built first (no-op after `cargo test`, which builds it; 3-4 minutes on a
+fresh clone with 2 cores); from then on everything is bounded (RUN_TIMEOUT s, default 90) and on loopback.
 """
 import json
 import os
@@ -79,21 +81,40 @@ class Captured:
         return False
 
 
+def app_key():
+    """A fresh GitHub App private key, as the .pem GitHub hands out (multi-line PKCS#1)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                             serialization.NoEncryption()).decode().strip()
+
+
 def main():
+    """Token mode, then GitHub App mode (the App's multi-line private key as the sentinel)."""
+    return max(check("token"), check("app"))
+
+
+def check(mode):
     problems = []
     sentinels = {
         "GITHUB_WEBHOOK_SECRET": f"sentinel-webhook-secret-{secrets.token_hex(8)}",
         "HOOK_SIGNING_SECRET": f"sentinel-hook-secret-{secrets.token_hex(8)}",
-        "GITHUB_TOKEN": f"ghp_SENTINELtoken{secrets.token_hex(8)}",
         "AWS_SECRET_ACCESS_KEY": f"sentinel-aws-secret-{secrets.token_hex(8)}",
     }
+    if mode == "app":
+        sentinels["GITHUB_APP_PRIVATE_KEY"] = app_key()
+        auth = ["GITHUB_APP_ID=424242", f'GITHUB_APP_PRIVATE_KEY="{sentinels["GITHUB_APP_PRIVATE_KEY"]}"']
+    else:
+        sentinels["GITHUB_TOKEN"] = f"ghp_SENTINELtoken{secrets.token_hex(8)}"
+        auth = [f"GITHUB_TOKEN={sentinels['GITHUB_TOKEN']}"]
     ddb, gh, hook, watch = free_ports(4)
     tmp = Path(tempfile.mkdtemp(prefix="secrets-check-"))
     env_file = tmp / "watch.env"
     env_file.write_text("\n".join([
         "# sentinel settings written by tools/check_watch_secrets.py",
         f"GITHUB_WEBHOOK_SECRET={sentinels['GITHUB_WEBHOOK_SECRET']},sample-webhook-secret",
-        f"GITHUB_TOKEN={sentinels['GITHUB_TOKEN']}",
+        *auth,
         f"HOOK_SIGNING_SECRET={sentinels['HOOK_SIGNING_SECRET']}",
         f"GITHUB_API_URL=http://127.0.0.1:{gh}",
         "DEPLOYMENTS_TABLE=deploy-webhook-secrets-check",
@@ -178,7 +199,9 @@ def main():
         stop_seconds = time.monotonic() - stopped_at
 
     text = out.text()
-    leaked = {key for key, value in sentinels.items() if value in text}
+    # A multi-line secret (the App's key) leaks as any one of its lines, too.
+    leaked = {key for key, value in sentinels.items()
+              if value in text or any(len(line) > 20 and line in text for line in value.splitlines())}
     for key in sorted(leaked):
         problems.append(f"the value of {key} reached the terminal")
     if "replaced by ***" in text:
@@ -187,15 +210,21 @@ def main():
         problems.append(f"the function did not really run (merged PR answered {answers.get('merged PR')!r})")
     if "hook <- POST /sync" not in text:
         problems.append("the deploy-hook stand-in was not called")
+    # (Answered `processed`, or `superseded` when the sample deployment sent meanwhile started first.)
+    if "GitHub -> deployment event for deployment 1000: 200 " not in text:
+        problems.append("the GitHub stand-in did not send the deployment event of the deployment it created, "
+                        "or the function did not answer it 200")
+    if mode == "app" and "POST /app/installations/1/access_tokens -> 201" not in text:
+        problems.append("App mode: the function did not obtain an installation token from the stand-in")
 
     if problems:
         shown = text
         for key, value in sentinels.items():
             shown = shown.replace(value, f"<{key}>")
         print(shown)
-        print("secrets-check: FAILED:\n  " + "\n  ".join(problems))
+        print(f"secrets-check ({mode} mode): FAILED:\n  " + "\n  ".join(problems))
         return 1
-    print(f"secrets-check: ok: {len(text.splitlines())} lines from make watch and make invoke (answers "
+    print(f"secrets-check ({mode} mode): ok: {len(text.splitlines())} lines from make watch and make invoke (answers "
           f"{', '.join(f'{k} {v}' for k, v in answers.items())}; restart on env change; stopped by SIGINT "
           f"in {stop_seconds:.1f} s), no sentinel secret in them")
     return 0

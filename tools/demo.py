@@ -2,7 +2,7 @@
 """`make run`: the whole flow on this machine, with no AWS account and no network.
 
 Starts a local DynamoDB (moto, table created), a GitHub stand-in on loopback, and the real
-function (the release binary under a local Lambda Runtime API), then sends sample events through
+function (the debug binary, as make run builds it, under a local Lambda Runtime API), then sends sample events through
 it in the order GitHub would: ping → a merged PR → the deployment it created → that deployment's
 status, plus a redelivery and two deliveries that are refused or ignored. It prints each response,
 each GitHub API call, and the final DynamoDB state; it exits non-zero if anything differs from
@@ -45,7 +45,7 @@ SECRET = events.SAMPLE_SECRET
 # The deploy hooks' own secret (HOOK_SIGNING_SECRET): the hook stand-in verifies calls and signs
 # its callbacks with it; the webhook secret is never given to it.
 HOOK_SECRET = "sample-hook-secret"
-BINARY = ROOT / "target" / "release" / "deploy-webhook"
+BINARY = ROOT / "target" / "debug" / "deploy-webhook"
 BOLD, DIM, GREEN, RED, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m") if sys.stdout.isatty() \
     else ("", "", "", "", "")
 
@@ -57,7 +57,7 @@ APP_MODE = "--app" in sys.argv[1:]
 IAM_MODE = "--iam" in sys.argv[1:]
 # The demo's own reads of the table (the final state): an admin's keys once IAM is enforced.
 READER = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
-# --binary PATH: another build of the function (make iam-check uses the debug one cargo test built).
+# --binary PATH: another build of the function (e.g. target/release/deploy-webhook).
 BINARY = Path(sys.argv[sys.argv.index("--binary") + 1]).resolve() if "--binary" in sys.argv[1:-1] else BINARY
 APP_ID = 424242
 # The App's installations as the stand-in knows them: the sample repository's installation (its
@@ -67,7 +67,7 @@ OTHER_REPO = ("octo-org/api", 555000111)
 
 
 def short(value, width=110):
-    text = json.dumps(value, separators=(",", ":")) if not isinstance(value, str) else value
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False) if not isinstance(value, str) else value
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -76,7 +76,15 @@ def answer(body):
     if not isinstance(body, dict):
         return short(body, 200)
     rest = {k: v for k, v in body.items() if k not in ("status", "delivery")}
-    return f"{body.get('status')}  {json.dumps(rest, separators=(',', ':'))}"
+    return f"{body.get('status')}  {json.dumps(rest, separators=(',', ':'), ensure_ascii=False)}"
+
+
+def sweep_answer(result):
+    """The scheduled sweep's answer in the style of a delivery's: `swept`, then what it did."""
+    if not isinstance(result, dict):
+        return short(result, 200)
+    rest = {k: v for k, v in result.items() if k != "status"}
+    return f"{result.get('status', '?')}  {json.dumps(rest, separators=(',', ':'), ensure_ascii=False)}"
 
 
 def show_call(call):
@@ -254,7 +262,7 @@ def timeout_flow(fn, github):
                  "resources": ["arn:aws:events:us-east-1:123456789012:rule/deploy-webhook-sweep"], "detail": {}}
     print(f"\n{BOLD}▶ the scheduled sweep (an EventBridge event){RESET}")
     result = fn.invoke(scheduled)
-    print(f"  ← {json.dumps(result)}")
+    print(f"  ← {sweep_answer(result)}")
     if result.get("healed") != 1:
         failures.append(f"the sweep should have timed out one run: {result}")
     got = timeline(github, [deployment_id])
@@ -381,7 +389,10 @@ def commands_flow(fn, github):
         failures.append(f"the commands' timeline is {got}, expected {want}")
     print(f"\n{BOLD}The bot's replies{RESET}")
     for c in github.comments[replies_from:]:
-        print(f"  #{c['issue']}: {short(c['body'].splitlines()[0], 160)}")
+        first, *more = c["body"].splitlines()
+        print(f"  #{c['issue']}: {short(first, 160)}")
+        for line in more:  # a .status table, as the pull request shows it
+            print(f"       {short(line, 160)}" if line.strip() else "")
 
 
 # ---------------------------------------------------------------- GitHub App mode (--app)
@@ -424,7 +435,7 @@ def sweep(fn, title):
                  "resources": ["arn:aws:events:us-east-1:123456789012:rule/deploy-webhook-sweep"], "detail": {}}
     print(f"\n{BOLD}▶ {title}{RESET}")
     result = fn.invoke(scheduled)
-    print(f"  ← {json.dumps(result)}")
+    print(f"  ← {sweep_answer(result)}")
     return result
 
 

@@ -4,7 +4,9 @@ signed as GitHub signs them (X-Hub-Signature-256 = HMAC-SHA256 of the body with 
 
     tools/events.py                 rebuild every events/*.json (what `make events` runs)
     tools/events.py sign FILE...    re-sign events you edited by hand (the signature is computed
-                                    over the event's body, decoded first if isBase64Encoded)
+                                    over the event's body, decoded first if isBase64Encoded); keep
+                                    your own events in events/local/ (git-ignored): events/ holds
+                                    the shipped ones, each checked by make test
     tools/events.py --help          this text
 
 Each event's X-GitHub-Delivery is derived from its name and body: rebuilding or re-signing an
@@ -143,6 +145,10 @@ def build_all():
 def resign(paths):
     for path in paths:
         p = Path(path)
+        if p.resolve().parent == (ROOT / "events").resolve() and p.stem not in CASES:
+            sys.exit(f"{path}: events/ holds only the events the project ships (make test checks each one). "
+                     f"Put your own in events/local/ (git-ignored): mkdir -p events/local && "
+                     f"mv {path} events/local/, then sign it there")
         ev = json.loads(p.read_text())
         body = ev.get("body") or ""
         raw = base64.b64decode(body) if ev.get("isBase64Encoded") else body.encode()

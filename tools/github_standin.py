@@ -57,8 +57,10 @@ import hashlib
 import http
 import itertools
 import json
+import os
 import re
 import secrets
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
@@ -74,7 +76,8 @@ BOT_LOGIN = "deploy-bot"
 APP_BOT = "deploy-webhook-local[bot]"
 STATUSES = re.compile(r"^/repos/([^/]+/[^/]+)/deployments/(\d+)/statuses$")
 DEPLOYMENT = re.compile(r"^/repos/([^/]+/[^/]+)/deployments/(\d+)$")
-PAYLOADS = Path(__file__).resolve().parent.parent / "events" / "payloads"
+ROOT = Path(__file__).resolve().parent.parent
+PAYLOADS = ROOT / "events" / "payloads"
 STATES = {"error", "failure", "inactive", "in_progress", "queued", "pending", "success"}
 ACCESS_TOKENS = re.compile(r"^/app/installations/(\d+)/access_tokens$")
 REPO_INSTALLATION = re.compile(r"^/repos/([^/]+/[^/]+)/installation$")
@@ -165,6 +168,7 @@ class GitHubStandIn:
         # A folder served as repositories' default branches: <files_dir>/<owner>/<repo>/<path>,
         # read at each request (so an edit applies at once); files set by set_file() come first.
         self.files_dir = Path(files_dir) if files_dir else None
+        self.on_deployment = None  # called with each deployment created (outside the lock)
         self.lock = threading.Lock()
         self.calls = []
         self.server = None
@@ -368,6 +372,14 @@ class GitHubStandIn:
                     installation = int(m_token[1])
                     if installation not in gh.installations:
                         return self._reply(404, {"message": "Not Found"}, body)
+                    # The installation grants what the App's manifest asks for; asking for more is
+                    # refused, as GitHub refuses it.
+                    granted = json.loads((ROOT / "github-app-manifest.json").read_text())["default_permissions"]
+                    asked = (body or {}).get("permissions") if isinstance(body, dict) else None
+                    rank = {"read": 1, "write": 2, "admin": 3}
+                    if asked and any(rank.get(level, 9) > rank.get(granted.get(name), 0) for name, level in asked.items()):
+                        return self._reply(422, {"message": "The permissions requested are not granted to this "
+                                                 "installation."}, body)
                     token, expires_at = f"ghs_{secrets.token_hex(18)}", int(time.time()) + TOKEN_LIFETIME_S
                     # A token asked for some repositories (by name) reaches only those, as GitHub's.
                     names = (body or {}).get("repositories") if isinstance(body, dict) else None
@@ -379,9 +391,7 @@ class GitHubStandIn:
                                                 if isinstance(body, dict) else None})
                         gh.token_requests.append(installation)
                     return self._reply(201, {"token": token, "expires_at": iso(expires_at),
-                                             "permissions": {"checks": "read", "deployments": "write",
-                                                             "issues": "write", "metadata": "read",
-                                                             "pull_requests": "read", "statuses": "read"},
+                                             "permissions": asked or granted,
                                              "repository_selection": "selected"}, body)
                 delivery_id = int(m_attempt[1])
                 with gh.lock:
@@ -491,7 +501,10 @@ class GitHubStandIn:
                         if contexts is not None:
                             dep["required_contexts"] = list(contexts)
                         gh.deployments[dep["id"]] = dep
-                    return self._reply(201, dep, body)
+                    self._reply(201, dep, body)
+                    if gh.on_deployment:
+                        gh.on_deployment(dict(dep))
+                    return None
                 if m := STATUSES.match(self.path):
                     deployment_id = int(m[2])
                     if deployment_id not in gh.deployments:
@@ -584,21 +597,106 @@ def sample_pulls():
     return list(found.values())
 
 
+def deployment_event(dep):
+    """The `deployment` webhook payload GitHub sends for deployment `dep` (as this stand-in keeps
+    it), built on the sample payload events/payloads/deployment.created.json."""
+    payload = json.loads((PAYLOADS / "deployment.created.json").read_text())
+    owner = dep["repo"].split("/")[0]
+    payload["repository"].update({"full_name": dep["repo"], "name": dep["repo"].split("/")[1]})
+    payload["repository"]["owner"]["login"] = owner
+    payload["deployment"].update({
+        "id": dep["id"], "url": f"https://api.github.com/repos/{dep['repo']}/deployments/{dep['id']}",
+        "sha": dep["sha"], "ref": dep["ref"], "task": dep["task"], "payload": dep["payload"],
+        "environment": dep["environment"], "original_environment": dep["environment"],
+        "description": dep["description"], "creator": dict(payload["deployment"]["creator"], **dep["creator"]),
+        "created_at": dep["created_at"], "updated_at": dep["created_at"]})
+    if dep.get("production_environment") is not None:
+        payload["deployment"]["production_environment"] = dep["production_environment"]
+    return payload
+
+
+def send_deployment_events(gh, invoke_url, secret, out):
+    """As GitHub does: a `deployment` event, signed with the webhook secret, for each deployment
+    created, sent to the function (cargo lambda watch's invoke URL) once the call that created it
+    has been answered."""
+    import urllib.request
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import events as sample_events
+
+    def send(dep):
+        time.sleep(0.3)  # GitHub sends it after the creating request was answered
+        payload = deployment_event(dep)
+        body, _ = sample_events.encoded_body(payload)
+        event = sample_events.api_gateway_event("deployment", payload,
+                                                sample_events.delivery_id(f"deployment-{dep['id']}", body),
+                                                signing_secret=secret)
+        out(f"GitHub -> deployment event for deployment {dep['id']} ({dep['environment']}), as GitHub sends it")
+        request = urllib.request.Request(invoke_url, data=json.dumps(event).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                answer = json.loads(response.read() or b"{}")
+            body = json.loads(answer.get("body") or "{}")
+            out(f"GitHub -> deployment event for deployment {dep['id']}: {answer.get('statusCode')} "
+                f"{body.get('status', '')}")
+        except (OSError, ValueError) as err:
+            out(f"GitHub -> deployment event for deployment {dep['id']}: not delivered ({err})")
+
+    gh.on_deployment = lambda dep: threading.Thread(target=send, args=(dep,), daemon=True).start()
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="GitHub deployments API stand-in")
     parser.add_argument("--port", type=int, default=8790)
     parser.add_argument("--seed-samples", action="store_true",
                         help="also know the deployments and pull requests the sample events in "
                              "events/payloads/ refer to")
+    parser.add_argument("--app-id", type=int,
+                        help="GitHub App mode: the App's id; its private key is read from the environment "
+                             "(GITHUB_APP_PRIVATE_KEY, never a command-line argument), and one installation "
+                             "(id 1) has the sample events' repositories")
+    parser.add_argument("--send-deployment-events", metavar="INVOKE_URL",
+                        help="send a signed `deployment` event (secret: $GITHUB_WEBHOOK_SECRET) to this Lambda "
+                             "invoke URL for each deployment created, as GitHub does")
     args = parser.parse_args()
     seed = sample_deployments() if args.seed_samples else []
     pulls = sample_pulls() if args.seed_samples else []
-    gh = GitHubStandIn(port=args.port, seed=seed, pulls=pulls, on_call=lambda c: print(
-        f"GitHub <- {c['method']} {c['path']} -> {c['status']} {json.dumps(c['body']) if c['body'] else ''}",
-        flush=True)).start()
-    known = (f" (knows sample deployment {', '.join(str(d['id']) for d in seed)} and pull request "
-             f"{', '.join('#' + str(p['number']) for p in pulls)})") if seed else ""
-    print(f"GitHub stand-in on {gh.url}{known}", flush=True)
+    app, installations = None, None
+    if args.app_id:
+        from cryptography.hazmat.primitives import serialization
+        pem = os.environ.get("GITHUB_APP_PRIVATE_KEY", "").replace("\\n", "\n")
+        try:
+            key = serialization.load_pem_private_key(pem.encode(), password=None)
+        except (ValueError, TypeError):
+            sys.exit("GitHub stand-in: GITHUB_APP_PRIVATE_KEY is not a PEM private key")
+        app = StandInApp(args.app_id, key.public_key())
+        repos = sorted({json.loads(p.read_text()).get("repository", {}).get("full_name")
+                        for p in PAYLOADS.glob("*.json")} - {None})
+        installations = {1: repos}
+    def show(call):
+        """One line per call; a comment's multi-line text (a .status table) below it, as written."""
+        body = call["body"]
+        text = body.get("body") if isinstance(body, dict) else None
+        if isinstance(text, str) and "\n" in text:
+            rest = {k: v for k, v in body.items() if k != "body"}
+            head = f" {json.dumps(rest, ensure_ascii=False)}" if rest else ""
+            lines = "".join(f"\n    {line}".rstrip() for line in text.splitlines())
+            print(f"GitHub <- {call['method']} {call['path']} -> {call['status']}{head} body:{lines}", flush=True)
+        else:
+            shown = json.dumps(body, ensure_ascii=False) if body else ""
+            print(f"GitHub <- {call['method']} {call['path']} -> {call['status']} {shown}", flush=True)
+
+    gh = GitHubStandIn(port=args.port, seed=seed, pulls=pulls, app=app, installations=installations,
+                       on_call=show).start()
+    if args.send_deployment_events:
+        # Signed as GitHub signs: with the webhook's secret (the first of a rotation's list).
+        send_deployment_events(gh, args.send_deployment_events,
+                               os.environ.get("GITHUB_WEBHOOK_SECRET", "").split(",")[0].strip(),
+                               lambda line: print(line, flush=True))
+    known = (f", knows sample deployment {', '.join(str(d['id']) for d in seed)} and pull request "
+             f"{', '.join('#' + str(p['number']) for p in pulls)}") if seed else ""
+    mode = f", GitHub App {args.app_id} (verifies its JWTs; installation 1)" if app else ""
+    print(f"GitHub stand-in on {gh.url}{known}{mode}", flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

@@ -46,13 +46,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
 FUNCTION = "deploy-webhook"
-REQUIRED = ("GITHUB_WEBHOOK_SECRET", "GITHUB_TOKEN", "DEPLOYMENTS_TABLE")
+REQUIRED = ("GITHUB_WEBHOOK_SECRET", "DEPLOYMENTS_TABLE")
+# .env's loopback ports are written for WATCH_PORT=9000 (.env.example: PUBLIC_URL on 9000): with
+# another WATCH_PORT, 9000 becomes that port and every other 127.0.0.1 port moves by PORT_STEP per
+# step, so that a second `make watch WATCH_PORT=9001` needs nothing else (8000 -> 8010,
+# 8790 -> 8800, 8791 -> 8801). An env file with no URL on 9000 is taken as written for its watch.
+BASE_WATCH_PORT = 9000
+PORT_STEP = 10
 SECRET_KEY = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|PRIVATE|CREDENTIAL|API_KEY", re.I)
 MIN_REDACTED_LENGTH = 6  # shorter values ("local") would blank out ordinary words
 KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-BOLD, YELLOW, RED, GREEN, RESET = ("\033[1m", "\033[33m", "\033[31m", "\033[32m", "\033[0m") \
-    if sys.stdout.isatty() else ("", "", "", "", "")
+BOLD, DIM, YELLOW, RED, GREEN, RESET = ("\033[1m", "\033[2m", "\033[33m", "\033[31m", "\033[32m", "\033[0m") \
+    if sys.stdout.isatty() else ("", "", "", "", "", "")
 
 
 # ------------------------------------------------------------------------------ the .env file
@@ -64,8 +70,16 @@ def parse_env_file(path):
         lines = Path(path).read_text().splitlines()
     except OSError as err:
         return {}, [f"{path}: {err.strerror}"]
-    for number, line in enumerate(lines, 1):
+    numbered = iter(enumerate(lines, 1))
+    for number, line in numbered:
         text = line.strip()
+        # A double-quoted value may span lines (a GitHub App's private key, as its .pem has it).
+        if re.match(r'^(export\s+)?[A-Za-z_][A-Za-z0-9_.]*\s*=\s*"', text) \
+                and not re.search(r'=\s*"(?:[^"\\]|\\.)*"', text):
+            for _, more in numbered:
+                text += "\n" + more.rstrip()
+                if re.search(r'(?<!\\)"', more):
+                    break
         if not text or text.startswith("#"):
             continue
         if text.startswith("export "):
@@ -100,6 +114,8 @@ def env_file_text(variables):
     for the one thing it cannot carry."""
     lines = []
     for key, value in variables.items():
+        if key == "GITHUB_APP_PRIVATE_KEY":
+            value = value.strip().replace("\n", "\\n")  # one line with literal \n: the function takes that too
         if "'" not in value and "\n" not in value:
             lines.append(f"{key}='{value}'")
         elif not re.search(r'[$\\\n]', value):
@@ -110,12 +126,13 @@ def env_file_text(variables):
 
 
 def secret_values(variables):
-    """The values to keep off the terminal: those of secret-named keys, and each item of a
-    comma-separated list of them (GITHUB_WEBHOOK_SECRET during a rotation)."""
+    """The values to keep off the terminal: those of secret-named keys, each item of a
+    comma-separated list of them (GITHUB_WEBHOOK_SECRET during a rotation), and each line of a
+    multi-line one (a GitHub App's private key)."""
     found = set()
     for key, value in variables.items():
         if SECRET_KEY.search(key):
-            for item in [value, *value.split(",")]:
+            for item in [value, *value.split(","), *value.replace("\\n", "\n").splitlines()]:
                 item = item.strip()
                 if len(item) >= MIN_REDACTED_LENGTH:
                     found.add(item)
@@ -133,12 +150,60 @@ def loopback_port(url):
     return None
 
 
+def shift_ports(variables, watch_port):
+    """.env's variables with their 127.0.0.1 ports moved for this WATCH_PORT (see BASE_WATCH_PORT),
+    and a note saying so (None when WATCH_PORT is the base one)."""
+    pattern = re.compile(r"^(http://(?:127\.0\.0\.1|localhost|\[::1\]):)(\d+)")
+    written_for_base = any((m := pattern.match(v)) and int(m[2]) == BASE_WATCH_PORT for v in variables.values())
+    if watch_port == BASE_WATCH_PORT or not written_for_base:
+        return variables, None  # the file's ports are already this watch's own (no URL on 9000)
+    offset = (watch_port - BASE_WATCH_PORT) * PORT_STEP
+    moved, shifted = {}, {}
+    for key, value in variables.items():
+        match = pattern.match(value)
+        if match:
+            port = int(match[2])
+            new = watch_port if port == BASE_WATCH_PORT else port + offset
+            if 0 < new < 65536:
+                moved[port] = new
+                value = f"{match[1]}{new}{value[match.end():]}"
+        shifted[key] = value
+    if not moved:
+        return shifted, None
+    ports = ", ".join(f"{a} -> {b}" for a, b in sorted(moved.items()))
+    return shifted, f"WATCH_PORT={watch_port}: the 127.0.0.1 ports of the env file moved ({ports})"
+
+
+def auth_mode(variables):
+    """"token", "app", or None (with what is wrong)."""
+    token = bool(variables.get("GITHUB_TOKEN"))
+    app = bool(variables.get("GITHUB_APP_ID")) and bool(variables.get("GITHUB_APP_PRIVATE_KEY"))
+    if token and (variables.get("GITHUB_APP_ID") or variables.get("GITHUB_APP_PRIVATE_KEY")):
+        return None, "set either GITHUB_TOKEN or GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY, not both"
+    if token:
+        return "token", None
+    if app:
+        return "app", None
+    if variables.get("GITHUB_APP_ID") or variables.get("GITHUB_APP_PRIVATE_KEY"):
+        return None, "GitHub App mode needs both GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY"
+    return None, "GITHUB_TOKEN (or GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY) is missing or empty"
+
+
 def plan(variables, env_file, watch_port):
     """(services, problems, warnings): what to start for this .env, and what stops it."""
     problems, warnings, services = [], [], []
     for key in REQUIRED:
         if not variables.get(key):
             problems.append(f"{key} is missing or empty in {env_file} (see .env.example)")
+    mode, auth_problem = auth_mode(variables)
+    if auth_problem:
+        problems.append(f"{auth_problem} in {env_file} (see .env.example)")
+    log_level, rust_log = variables.get("AWS_LAMBDA_LOG_LEVEL"), variables.get("RUST_LOG", "")
+    bare = [d for d in rust_log.split(",") if d.strip() and "=" not in d]
+    if log_level and bare:
+        warnings.append(f"RUST_LOG={','.join(bare)} is a bare level, which counts only without AWS_LAMBDA_LOG_LEVEL "
+                        f"({log_level} here wins): set AWS_LAMBDA_LOG_LEVEL, or name the crate "
+                        "(RUST_LOG=deploy_webhook=debug)")
     py = str(ROOT / ".venv" / "bin" / "python")
     if not Path(py).exists():
         py = sys.executable
@@ -157,8 +222,15 @@ def plan(variables, env_file, watch_port):
     gh_url = variables.get("GITHUB_API_URL")
     gh_port = loopback_port(gh_url or "")
     if gh_port:
-        services.append({"name": "GitHub stand-in", "key": "GITHUB_API_URL", "port": gh_port,
-                         "argv": [py, "tools/github_standin.py", "--port", str(gh_port), "--seed-samples"]})
+        argv = [py, "tools/github_standin.py", "--port", str(gh_port), "--seed-samples",
+                "--send-deployment-events", f"http://127.0.0.1:{watch_port}/2015-03-31/functions/{FUNCTION}/invocations"]
+        # Secrets go in the environment, never on a command line (ps shows those).
+        env = {"GITHUB_WEBHOOK_SECRET": variables.get("GITHUB_WEBHOOK_SECRET", "")}
+        if mode == "app":
+            argv += ["--app-id", variables["GITHUB_APP_ID"]]
+            env["GITHUB_APP_PRIVATE_KEY"] = variables["GITHUB_APP_PRIVATE_KEY"]
+        services.append({"name": "GitHub stand-in", "key": "GITHUB_API_URL", "port": gh_port, "argv": argv,
+                         "env": env, "announces": True})
     else:
         warnings.append(f"GITHUB_API_URL is {'not set' if not gh_url else 'not on 127.0.0.1'}: the function calls "
                         "the real GitHub with GITHUB_TOKEN")
@@ -180,7 +252,7 @@ def plan(variables, env_file, watch_port):
         if not secret:
             problems.append(f"{key} is set but neither {secret_key} nor HOOK_SIGNING_SECRET is: the function "
                             "signs hook calls and verifies callbacks with it (see .env.example)")
-        services.append({"name": "deploy-hook stand-in", "key": key, "port": port,
+        services.append({"name": "deploy-hook stand-in", "key": key, "port": port, "announces": True,
                          "argv": [py, "tools/hook_standin.py", "--port", str(port)],
                          # the secret goes in the environment, never on a command line (ps shows those)
                          "env": {"HOOK_SIGNING_SECRET": secret}})
@@ -236,13 +308,45 @@ class Output:
             line = raw.decode(errors="replace").rstrip("\n")
             if re.fullmatch(r"PORT \d+", line):
                 continue  # the local DynamoDB's start-up handshake, announced in our own words
-            with self.lock:
-                line = self.redact(line)
-                sys.stdout.write(f"{prefix}{line}\n")
-                sys.stdout.flush()
+            shown = tidy(line)
+            if shown is not None:
+                with self.lock:
+                    sys.stdout.write(f"{prefix}{self.redact(shown)}\n")
+                    sys.stdout.flush()
+            line = self.redact(line)
             if self.on_line:
                 self.on_line(line)
         stream.close()
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# cargo-lambda's own lines that say nothing a person acts on: its advice about a concurrency
+# setting it reads, and the forced stop of the old function process at each rebuild.
+CARGO_LAMBDA_NOISE = re.compile(r"AWS_LAMBDA_MAX_CONCURRENCY|concurrency-tokio|command killed.*ForceStop|"
+                                r"terminating lambda scheduler")
+
+
+def tidy(line):
+    """What the watch terminal shows of a child's line: None to leave it out. Left out: the
+    function's metric lines (CloudWatch EMF JSON, for the dashboard on AWS) and cargo-lambda's
+    noise above; dimmed: cargo-lambda's other lines and the span fields of the function's."""
+    plain = ANSI.sub("", line)
+    if plain.startswith("{") and '"_aws":{"CloudWatchMetrics"' in plain:
+        return None
+    if CARGO_LAMBDA_NOISE.search(plain):
+        return None
+    if re.match(r"^\s*(INFO|WARN|DEBUG|TRACE)\s+(starting|invocation|request|function|recompiling|spawning|"
+                r"terminating)", plain):
+        text = plain.strip()
+        return f"{DIM}cargo-lambda: {text[:117] + '...' if len(text) > 120 else text}{RESET}"
+    # The function's text logs: `LEVEL span{fields}:span{fields}: message fields`. The runtime's
+    # own span (request and X-Ray trace ids) is left out; the delivery's (its id and event) is
+    # dimmed, so the message stands out.
+    plain = re.sub(r"Lambda runtime invoke\{[^}]*\}:", "", plain)
+    match = re.match(r"^(\s*(?:INFO|WARN|ERROR|DEBUG|TRACE)\s+)((?:[\w:]+\{[^}]*\}:?)+:?\s*)(.*)$", plain)
+    if match:
+        return f"{match[1]}{DIM}{match[2]}{RESET}{match[3]}"
+    return plain
 
 
 def child_env(variables, extra=None):
@@ -348,12 +452,14 @@ class Watch:
                 if self.services[service_key(service)].poll() is not None or time.monotonic() > deadline:
                     return f"the {service['name']} on port {service['port']} did not start (see above)"
                 time.sleep(0.1)
-            self.out.say(f"{service['name']} on http://127.0.0.1:{service['port']} ({service['key']})")
+            if not service.get("announces"):  # the stand-ins announce themselves, once
+                self.out.say(f"{service['name']} on http://127.0.0.1:{service['port']} ({service['key']})")
         return None
 
     def build(self, variables):
         if not (ROOT / "target" / "debug" / FUNCTION).exists():
-            self.out.say("building the debug binary: the first build takes 2-3 minutes ...", BOLD)
+            self.out.say("building the debug binary: the first build takes 3-4 minutes on 2 cores (once; make run "
+                         "and make test reuse it) ...", BOLD)
         else:
             self.out.say("building the debug binary (cargo build) ...")
         proc = spawn(self.out, ["cargo", "build", "--locked", "--bin", FUNCTION], child_env(variables))
@@ -455,6 +561,9 @@ class Watch:
             since = self.fingerprint()
             variables, problems = parse_env_file(self.env_file)
             self.out.secrets = secret_values(variables)
+            variables, moved = shift_ports(variables, self.watch_port)
+            if moved:
+                self.out.say(f"note: {moved}", YELLOW)
             services, more, warnings = plan(variables, self.env_file, self.watch_port)
             problems += more
             for warning in warnings:
@@ -547,12 +656,13 @@ def invoke(path, watch_port, timeout):
     if isinstance(answer, dict) and "statusCode" in answer:
         body = answer.get("body") or ""
         try:
-            body = json.dumps(json.loads(body), indent=2)
+            # As a person reads it: emoji and accents as they are, not \u escapes.
+            body = json.dumps(json.loads(body), indent=2, ensure_ascii=False)
         except ValueError:
             pass
         print(f"{answer['statusCode']}\n{body}")
         return 0
-    print(json.dumps(answer, indent=2))  # the function's error, or another kind of answer
+    print(json.dumps(answer, indent=2, ensure_ascii=False))  # the function's error, or another kind of answer
     return 1
 
 
@@ -560,6 +670,7 @@ def reset(env_file):
     variables, problems = parse_env_file(env_file)
     if problems:
         sys.exit("\n".join(problems))
+    variables, _ = shift_ports(variables, int(os.environ.get("WATCH_PORT") or BASE_WATCH_PORT))
     done = []
     ddb_port = loopback_port(variables.get("AWS_ENDPOINT_URL_DYNAMODB", ""))
     table = variables.get("DEPLOYMENTS_TABLE")

@@ -491,6 +491,17 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                 }
             );
         }
+        // This reply answers a comment: that event kind arrives (the edge notes it only after).
+        self.note_event("issue_comment").await;
+        for (feature, events) in self.missing_events(None).await {
+            let events = super::features::events_text(&events, feature.needs).replace("**", "");
+            let _ = write!(
+                out,
+                "\n⚠ {}: this deployer has never received {events}; without them {}. Subscribe the webhook (or \
+                 the App) to them: README, What each feature needs.\n",
+                feature.name, feature.without_events
+            );
+        }
         Ok(out)
     }
 }

@@ -6,6 +6,7 @@ pub mod configuration;
 pub mod creation;
 pub mod deadline;
 pub mod event;
+pub mod features;
 pub mod gates;
 pub mod ports;
 pub mod redelivery;

@@ -272,6 +272,19 @@ pub trait Store: Send + Sync {
         state: &RedeliveryState,
         expected: u64,
     ) -> impl Future<Output = Result<Result<u64, Versioned<RedeliveryState>>, StoreError>> + Send;
+
+    /// The webhook events this stack has received (the kinds [`super::features`] tracks), each
+    /// with when it was last recorded (ms). One small item for the whole stack, read once per
+    /// cold start. A store that does not keep it (the in-memory fakes) knows none.
+    fn load_seen_events(&self) -> impl Future<Output = Result<Vec<(String, u64)>, StoreError>> + Send {
+        async { Ok(Vec::new()) }
+    }
+
+    /// Records that an event of this kind arrived at `now_ms` (at most once a day per kind and
+    /// instance: see `Service::note_event`).
+    fn record_seen_event(&self, _event: &str, _now_ms: u64) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// A webhook whose deliveries GitHub lists: the App's, or a repository's (`owner/repo#id`).

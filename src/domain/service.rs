@@ -11,6 +11,7 @@ use super::commands::CommandResult;
 use super::configuration::RepoConfig;
 use super::deadline::Deadline;
 use super::event::{Delivery, DeploymentStatusEvent, WebhookEvent};
+use super::features::{self, Event as FeatureEvent, Feature};
 use super::ports::{Clock, DeployAction, EnvKey, GitHub, GitHubError, Store, StoreError, SystemClock};
 use super::rules::DeployRules;
 use super::runs::{RunSettings, Verdict};
@@ -259,7 +260,21 @@ pub struct Service<S, G, D, C = SystemClock> {
     /// The stack's settings as the base layer of every repository's.
     pub(crate) stack: std::sync::Arc<crate::repo_config::StackDefaults>,
     pub(crate) config_cache: super::configuration::ConfigCache,
+    /// The webhook events this stack has received, as far as this instance knows (see
+    /// [`Service::note_event`]).
+    seen: std::sync::Mutex<SeenEvents>,
 }
+
+/// Which tracked events this stack has received and when each was last recorded (ms).
+#[derive(Debug, Default)]
+struct SeenEvents {
+    /// The stored record has been read (once per cold start).
+    loaded: bool,
+    at: std::collections::HashMap<String, u64>,
+}
+
+/// A kind recorded less than this long ago is not recorded again.
+const SEEN_REFRESH_MS: u64 = 24 * 60 * 60 * 1000;
 
 impl<S: Store, G: GitHub, D: DeployAction> Service<S, G, D, SystemClock> {
     pub fn new(store: S, github: G, deployer: D, settings: ServiceSettings) -> Self {
@@ -270,7 +285,108 @@ impl<S: Store, G: GitHub, D: DeployAction> Service<S, G, D, SystemClock> {
 impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
     pub fn with_clock(store: S, github: G, deployer: D, clock: C, settings: ServiceSettings) -> Self {
         let stack = std::sync::Arc::new(super::configuration::stack_defaults(&settings, deployer.stack_targets()));
-        Self { store, github, deployer, clock, settings, stack, config_cache: Default::default() }
+        Self {
+            store,
+            github,
+            deployer,
+            clock,
+            settings,
+            stack,
+            config_cache: Default::default(),
+            seen: Default::default(),
+        }
+    }
+
+    /// Records that a delivery of `event` (its `X-GitHub-Event`) arrived, if some feature needs
+    /// that kind, so that `.status` and answers can say which events a stack never receives.
+    /// Cheap by design: the stored record is read once per cold start, and a kind is written at
+    /// most once a day per instance (never when the record already has it from the last day), so
+    /// a delivery's own writes stay as they are. Best effort: a failure is logged and ignored.
+    pub async fn note_event(&self, event: &str) {
+        let Some(event) = super::features::tracked(event) else { return };
+        let now = self.clock.now_ms();
+        let fresh =
+            |seen: &SeenEvents| seen.at.get(event.name).is_some_and(|t| now.saturating_sub(*t) < SEEN_REFRESH_MS);
+        if self.with_seen(|seen| fresh(seen)) {
+            return;
+        }
+        self.load_seen().await;
+        let record = self.with_seen(|seen| {
+            let record = !fresh(seen);
+            if record {
+                // Marked first, so that concurrent deliveries of this instance write it once.
+                seen.at.insert(event.name.to_owned(), now);
+            }
+            record
+        });
+        if record && let Err(err) = self.store.record_seen_event(event.name, now).await {
+            tracing::warn!(error = %err, event = event.name, "could not record the event kind as received");
+        }
+    }
+
+    /// The features (of `ids`, or all) whose events this stack has never received, with those
+    /// events; reads the stored record if this instance has not yet.
+    pub async fn missing_events(&self, ids: Option<&[&str]>) -> Vec<(&'static Feature, Vec<FeatureEvent>)> {
+        self.load_seen().await;
+        let features = features::FEATURES.iter().filter(|f| ids.is_none_or(|ids| ids.contains(&f.id)));
+        self.with_seen(|seen| features::missing(features, |name| seen.at.contains_key(name)))
+    }
+
+    /// What the answer to `outcome` should add when the event that follows it may never come:
+    /// a merge created a deployment but no `deployment` event has ever arrived, or it waits for
+    /// checks and no `check_suite` or `status` event has.
+    pub async fn missing_events_note(&self, outcome: &Outcome) -> Option<String> {
+        let Outcome::DeploymentsRequested { results } = outcome else { return None };
+        let mut ids = Vec::new();
+        if results.iter().any(|(_, r)| matches!(r, EnvironmentResult::Created(_))) {
+            ids.push("deployments");
+        }
+        if results.iter().any(|(_, r)| matches!(r, EnvironmentResult::WaitingForChecks { .. })) {
+            ids.push("gates");
+        }
+        if ids.is_empty() {
+            return None;
+        }
+        let missing = self.missing_events(Some(&ids)).await;
+        // Of the deployments feature only `deployment` is what a merge's answer waits for.
+        let events: Vec<FeatureEvent> = missing
+            .iter()
+            .flat_map(|(_, events)| events.iter().copied())
+            .filter(|e| e.name != "pull_request" && e.name != "deployment_status")
+            .collect();
+        (!events.is_empty()).then(|| {
+            format!(
+                "this deployer has never received {}: unless the webhook (or the App) is subscribed to it, what \
+                 this answer waits for never comes (README: What each feature needs)",
+                features::events_text(&events, features::Needs::Any).replace("**", "")
+            )
+        })
+    }
+
+    async fn load_seen(&self) {
+        if self.with_seen(|seen| seen.loaded) {
+            return;
+        }
+        let stored = self.store.load_seen_events().await;
+        self.with_seen(|seen| {
+            seen.loaded = true;
+            match stored {
+                Ok(stored) => {
+                    for (event, at) in stored {
+                        let known = seen.at.entry(event).or_insert(at);
+                        *known = (*known).max(at);
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "could not read which event kinds this stack received"),
+            }
+        });
+    }
+
+    fn with_seen<T>(&self, f: impl FnOnce(&mut SeenEvents) -> T) -> T {
+        match self.seen.lock() {
+            Ok(mut seen) => f(&mut seen),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
     }
 
     pub fn store(&self) -> &S {

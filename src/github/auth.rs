@@ -67,19 +67,6 @@ impl AppCredentials {
     }
 }
 
-/// The permissions an installation token is asked for: exactly what the function's calls need
-/// (github-app-manifest.json's), never more than the installation grants.
-pub const TOKEN_PERMISSIONS: [(&str, &str); 7] = [
-    ("deployments", "write"),
-    ("issues", "write"),
-    ("pull_requests", "read"),
-    ("statuses", "read"),
-    // Read for gates; write for the configuration's check runs.
-    ("checks", "write"),
-    ("contents", "read"),
-    ("metadata", "read"),
-];
-
 /// The way this deployment authenticates, as configured.
 #[derive(Clone, Debug)]
 pub enum AuthConfig {
@@ -233,8 +220,13 @@ impl GitHubAuth {
         // Scoped to the one repository, and to what the function does (github-app-manifest.json),
         // whatever more the installation grants: a leaked token reaches nothing else.
         let name = repo.as_str().split_once('/').map_or(repo.as_str(), |(_, name)| name);
-        let permissions: serde_json::Map<String, serde_json::Value> =
-            TOKEN_PERMISSIONS.iter().map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v))).collect();
+        // What every feature of a GitHub App needs (src/domain/features.rs, which the manifest is
+        // checked against): one list, so a new feature's permission is asked for as soon as it
+        // is in the manifest.
+        let permissions: serde_json::Map<String, serde_json::Value> = crate::domain::features::permissions(true)
+            .iter()
+            .map(|(permission, access)| (permission.key.to_owned(), serde_json::Value::from(access.as_str())))
+            .collect();
         let mut scope = serde_json::json!({ "repositories": [name], "permissions": permissions });
         let ask = |scope: &serde_json::Value| -> Result<_, GitHubError> {
             Ok(app_request(http, reqwest::Method::POST, &url, deadline)

@@ -73,17 +73,22 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> WebhookHandler<S, G, D, C> 
         let span = info_span!("delivery", delivery_id = tracing::field::Empty, event = tracing::field::Empty);
         async move {
             match self.process(&request, deadline).await {
-                Ok((delivery, outcome)) => {
+                Ok((delivery, event, outcome)) => {
                     info!(status = outcome.status(), detail = %outcome.detail(), "delivery handled");
                     metrics::emit(
                         SystemClock.now_ms(),
                         Some(("Outcome", outcome.status())),
                         &[("Deliveries", 1.0, Unit::Count)],
                     );
-                    respond(
-                        StatusCode::OK,
-                        json!({ "status": outcome.status(), "delivery": delivery.as_str(), "detail": outcome.detail() }),
-                    )
+                    let mut body =
+                        json!({ "status": outcome.status(), "delivery": delivery.as_str(), "detail": outcome.detail() });
+                    // After the work (a failed delivery is not counted as received), so that its
+                    // own reads and writes come first.
+                    self.service.note_event(&event).await;
+                    if let Some(note) = self.service.missing_events_note(&outcome).await {
+                        body["note"] = Value::String(note);
+                    }
+                    respond(StatusCode::OK, body)
                 }
                 Err(err) => {
                     let status = err.status();
@@ -111,7 +116,8 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> WebhookHandler<S, G, D, C> 
         .await
     }
 
-    async fn process(&self, request: &Request, deadline: Deadline) -> Result<(DeliveryId, Outcome), AppError> {
+    /// The delivery's id, its event name, and what the service made of it.
+    async fn process(&self, request: &Request, deadline: Deadline) -> Result<(DeliveryId, String, Outcome), AppError> {
         if request.method() != Method::POST {
             return Err(AppError::MethodNotAllowed);
         }
@@ -136,7 +142,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> WebhookHandler<S, G, D, C> 
 
         let delivery = Delivery { id: delivery_id.clone(), event, callback_base: callback_base(request) };
         let outcome = self.service.handle(delivery, deadline).await?;
-        Ok((delivery_id, outcome))
+        Ok((delivery_id, event_name.trim().to_owned(), outcome))
     }
 }
 

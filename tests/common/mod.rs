@@ -427,8 +427,38 @@ impl TestApp {
             .unwrap_or(Value::Null)
     }
 
+    /// The table's items, without the stack's record of the event kinds it received
+    /// (`STACK`/`EVENTS_SEEN`, see [`TestApp::events_seen`]): what deliveries stored.
+    /// The stored items, without the stack's record of events and the repositories' kept
+    /// configurations (those: [`Self::config_items`]).
     pub async fn items(&self) -> Vec<Item> {
-        scan(&self.dynamo, &self.table).await
+        scan(&self.dynamo, &self.table)
+            .await
+            .into_iter()
+            .filter(|i| {
+                attr_s(i, "pk") != Some("STACK") && !attr_s(i, "pk").is_some_and(|pk| pk.starts_with("CONFIG#"))
+            })
+            .collect()
+    }
+
+    /// Each repository's kept configuration (the last valid files, what broke it since).
+    pub async fn config_items(&self) -> Vec<Item> {
+        let items = scan(&self.dynamo, &self.table).await;
+        items.into_iter().filter(|i| attr_s(i, "pk").is_some_and(|pk| pk.starts_with("CONFIG#"))).collect()
+    }
+
+    /// The stack's record of the event kinds it received: (event, ms) pairs, sorted.
+    pub async fn events_seen(&self) -> Vec<(String, u64)> {
+        let mut seen: Vec<(String, u64)> = scan(&self.dynamo, &self.table)
+            .await
+            .iter()
+            .filter(|i| attr_s(i, "pk") == Some("STACK") && attr_s(i, "sk") == Some("EVENTS_SEEN"))
+            .flat_map(|i| {
+                i.keys().filter_map(|k| Some((k.strip_prefix("seen_")?.to_owned(), attr_n(i, k)?))).collect::<Vec<_>>()
+            })
+            .collect();
+        seen.sort();
+        seen
     }
 
     /// The requests GitHub received, as (method, path).

@@ -222,7 +222,32 @@ fn new_token() -> String {
     format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
 
+/// The item that records which webhook events this stack has received: one attribute
+/// `seen_<event>` per kind, the time (ms) it was last recorded.
+const SEEN_KEY: (&str, &str) = ("STACK", "EVENTS_SEEN");
+const SEEN_PREFIX: &str = "seen_";
+
 impl Store for DynamoStore {
+    async fn load_seen_events(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let item = self.get(SEEN_KEY.0.to_owned(), SEEN_KEY.1.to_owned()).await?.unwrap_or_default();
+        Ok(item
+            .keys()
+            .filter_map(|k| k.strip_prefix(SEEN_PREFIX).map(|event| (event.to_owned(), get_n(&item, k).unwrap_or(0))))
+            .collect())
+    }
+
+    async fn record_seen_event(&self, event: &str, now_ms: u64) -> Result<(), StoreError> {
+        self.update(SEEN_KEY.0.to_owned(), SEEN_KEY.1.to_owned())
+            .update_expression("SET #seen = :now, kind = :kind")
+            .expression_attribute_names("#seen", format!("{SEEN_PREFIX}{event}"))
+            .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":kind", s("events_seen"))
+            .send()
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+
     async fn claim_deployment_creation(
         &self,
         key: &CreationKey,
