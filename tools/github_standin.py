@@ -655,6 +655,9 @@ if __name__ == "__main__":
                         help="GitHub App mode: the App's id; its private key is read from the environment "
                              "(GITHUB_APP_PRIVATE_KEY, never a command-line argument), and one installation "
                              "(id 1) has the sample events' repositories")
+    parser.add_argument("--files-dir", metavar="DIR",
+                        help="serve DIR/<owner>/<repo>/<path> as repositories' files on their default branch "
+                             "(the contents API), read at each request so that an edit applies at once")
     parser.add_argument("--send-deployment-events", metavar="INVOKE_URL",
                         help="send a signed `deployment` event (secret: $GITHUB_WEBHOOK_SECRET) to this Lambda "
                              "invoke URL for each deployment created, as GitHub does")
@@ -687,7 +690,7 @@ if __name__ == "__main__":
             print(f"GitHub <- {call['method']} {call['path']} -> {call['status']} {shown}", flush=True)
 
     gh = GitHubStandIn(port=args.port, seed=seed, pulls=pulls, app=app, installations=installations,
-                       on_call=show).start()
+                       on_call=show, files_dir=args.files_dir).start()
     if args.send_deployment_events:
         # Signed as GitHub signs: with the webhook's secret (the first of a rotation's list).
         send_deployment_events(gh, args.send_deployment_events,

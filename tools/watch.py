@@ -189,6 +189,34 @@ def auth_mode(variables):
     return None, "GITHUB_TOKEN (or GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY) is missing or empty"
 
 
+# Repositories' files the GitHub stand-in serves: edit
+# local/github/Codertocat/Hello-World/.github/deploy-webhook.yml (the sample events' repository)
+# and the next delivery reads it (watch sets CONFIG_RECHECK_SECONDS=0 unless .env sets it).
+ROOT_DIR = Path(__file__).resolve().parent.parent
+CONFIG_DIR = ROOT_DIR / "local" / "github"
+SAMPLE_CONFIG = CONFIG_DIR / "Codertocat" / "Hello-World" / ".github" / "deploy-webhook.yml"
+SAMPLE_CONFIG_TEXT = """# yaml-language-server: $schema=../../../../../schema/deploy-webhook.schema.json
+# The sample repository's configuration, served by make watch's GitHub stand-in (README:
+# "Configuration as code"). Edit it and send an event: the next delivery reads it. Everything
+# here is commented out, so the stack's settings in .env apply. For example:
+#
+# environments:
+#   docs:
+#     branches: [master]
+#     action: none
+# commands:
+#   permissions: [admin]
+"""
+
+
+def ensure_sample_config():
+    """The sample repository's file, created once (commented out) for the user to edit."""
+    if not SAMPLE_CONFIG.exists():
+        SAMPLE_CONFIG.parent.mkdir(parents=True, exist_ok=True)
+        SAMPLE_CONFIG.write_text(SAMPLE_CONFIG_TEXT)
+    return SAMPLE_CONFIG
+
+
 def plan(variables, env_file, watch_port):
     """(services, problems, warnings): what to start for this .env, and what stops it."""
     problems, warnings, services = [], [], []
@@ -222,7 +250,8 @@ def plan(variables, env_file, watch_port):
     gh_url = variables.get("GITHUB_API_URL")
     gh_port = loopback_port(gh_url or "")
     if gh_port:
-        argv = [py, "tools/github_standin.py", "--port", str(gh_port), "--seed-samples",
+        ensure_sample_config()
+        argv = [py, "tools/github_standin.py", "--port", str(gh_port), "--seed-samples", "--files-dir", str(CONFIG_DIR),
                 "--send-deployment-events", f"http://127.0.0.1:{watch_port}/2015-03-31/functions/{FUNCTION}/invocations"]
         # Secrets go in the environment, never on a command line (ps shows those).
         env = {"GITHUB_WEBHOOK_SECRET": variables.get("GITHUB_WEBHOOK_SECRET", "")}
@@ -493,6 +522,8 @@ class Watch:
 
     def start_cargo_lambda(self, variables):
         """Starts cargo lambda watch; returns None once it listens, else what went wrong."""
+        # Locally every delivery reads the repository's file again, so an edit shows at once.
+        variables = {"CONFIG_RECHECK_SECONDS": "0", **variables}
         fd = os.open(self.cargo_env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(env_file_text(variables))
@@ -610,6 +641,9 @@ class Watch:
                 continue
             self.out.say(f"ready: cargo lambda watch on http://127.0.0.1:{self.watch_port}. In another terminal: "
                          "make invoke EVENT=events/ping.json", BOLD + GREEN)
+            if first and SAMPLE_CONFIG.exists():
+                self.out.say(f"the sample repository's configuration: {SAMPLE_CONFIG.relative_to(ROOT_DIR)} "
+                             "(edit it; the next delivery reads it)")
             first = False
             changed = self.wait_for_change(since)
             if changed:
