@@ -35,7 +35,7 @@ pub fn from_args(args: &[String], vars: impl IntoIterator<Item = (String, String
 fn read_capped(path: &str) -> Result<String, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot be read: {e}"))?;
     if meta.len() > crate::repo_config::MAX_FILE_BYTES as u64 {
-        return Err(format!("the file is {} bytes; at most 64 KB is read", meta.len()));
+        return Err(crate::repo_config::parse::too_large(path, meta.len()).message);
     }
     let bytes = std::fs::read(path).map_err(|e| format!("cannot be read: {e}"))?;
     String::from_utf8(bytes).map_err(|_| "is not UTF-8 text".to_owned())

@@ -18,6 +18,7 @@ use super::ports::{
 use super::service::{Outcome, Service, ServiceError, ServiceSettings};
 use super::types::{RepoFullName, Sha};
 use crate::repo_config::dry_run;
+use crate::repo_config::parse::too_large;
 use crate::repo_config::{
     BrokenConfig, CONFIG_PATH, ConfigIssue, EnvironmentSettings, Layer, MAX_FILE_BYTES, RepoFile, RepoSettings,
     StackDefaults, parse, resolve,
@@ -74,6 +75,13 @@ struct Gathered {
     issues: Vec<ConfigIssue>,
     /// (repo, blob sha or "") of every file consulted: the cache key.
     key: FilesKey,
+}
+
+impl Gathered {
+    /// The settings the gathered files make, or every problem in them.
+    fn resolve(&self, stack: &StackDefaults) -> Result<RepoSettings, Vec<ConfigIssue>> {
+        if self.issues.is_empty() { resolve(stack, &self.layers) } else { Err(self.issues.clone()) }
+    }
 }
 
 /// The stack's settings as the base layer: `ServiceSettings` and what the deploy action holds.
@@ -141,30 +149,45 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
     /// else read again. GitHub unreachable with nothing read yet is an error (a 5xx: the
     /// delivery comes again), never a deploy with settings it was not meant to use.
     pub async fn repo_config(&self, repo: &RepoFullName, deadline: Deadline) -> Result<RepoConfig, ServiceError> {
+        if let Some(config) = self.fresh_config(repo) {
+            return Ok(config);
+        }
         let gathered = self.gather(repo, None, deadline).await?;
         if let Some((key, cached)) = lock(&self.config_cache.resolved).get(repo.as_str())
             && *key == gathered.key
         {
             return Ok(cached.clone());
         }
-        let config = self.settle(repo, gathered, None).await?;
-        Ok(config)
+        Ok(self.settle(repo, gathered, None).await?.0)
+    }
+
+    /// The configuration this instance resolved for `repo`, while every file it came from is
+    /// fresh in the cache with the same blob: the warm path, with no file cloned or parsed.
+    fn fresh_config(&self, repo: &RepoFullName) -> Option<RepoConfig> {
+        let now = self.clock.now_ms();
+        let recheck = self.settings.config_recheck.as_millis() as u64;
+        let resolved = lock(&self.config_cache.resolved);
+        let (key, config) = resolved.get(repo.as_str())?;
+        let files = lock(&self.config_cache.files);
+        let fresh = key.iter().all(|(name, sha)| {
+            files.get(name).is_some_and(|(blob, read_at)| {
+                now.saturating_sub(*read_at) < recheck && blob.as_ref().map_or("", |b| b.sha.as_str()) == sha
+            })
+        });
+        fresh.then(|| config.clone())
     }
 
     /// Resolves what was gathered: valid → in force (and kept in the store when it changed);
     /// invalid → the last valid one stays in force, marked broken (`commit`: the push that broke
-    /// it, when known).
+    /// it, when known). Also answers the problems found (none when valid).
     async fn settle(
         &self,
         repo: &RepoFullName,
         gathered: Gathered,
         commit: Option<&Sha>,
-    ) -> Result<RepoConfig, ServiceError> {
-        let resolved = if gathered.issues.is_empty() {
-            resolve(&self.stack, &gathered.layers)
-        } else {
-            Err(gathered.issues.clone())
-        };
+    ) -> Result<(RepoConfig, Vec<ConfigIssue>), ServiceError> {
+        let resolved = gathered.resolve(&self.stack);
+        let mut problems = Vec::new();
         let stored = self.store.load_repo_config(repo).await?;
         let config = match resolved {
             Ok(settings) => {
@@ -180,6 +203,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                 RepoConfig::Settings(Arc::new(settings))
             }
             Err(issues) => {
+                problems.clone_from(&issues);
                 let own_blob = gathered.key.first().map(|(_, blob)| blob.clone()).unwrap_or_default();
                 let broken = BrokenConfig {
                     commit: commit.map(|c| c.as_str().to_owned()),
@@ -213,7 +237,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             }
         };
         lock(&self.config_cache.resolved).insert(repo.as_str().to_owned(), (gathered.key, config.clone()));
-        Ok(config)
+        Ok((config, problems))
     }
 
     /// Saves what is kept of the configuration; a concurrent writer's newer record wins.
@@ -265,12 +289,11 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         environment: &crate::domain::Environment,
         deadline: Deadline,
     ) -> Result<Option<crate::repo_config::SecretName>, ServiceError> {
-        let settings = match self.repo_config(repo, deadline).await? {
-            RepoConfig::Settings(settings) => settings,
-            RepoConfig::Refused(_) => return Ok(None),
-        };
-        let env = settings.environment(environment).cloned().unwrap_or_else(|| self.stack.environment(environment));
-        Ok(match env.action {
+        if let RepoConfig::Refused(_) = self.repo_config(repo, deadline).await? {
+            return Ok(None);
+        }
+        let key = EnvKey { repo: repo.clone(), environment: environment.clone() };
+        Ok(match self.environment_settings(&key).action {
             crate::repo_config::ActionSettings::Hook { secret, .. } => Some(secret),
             crate::repo_config::ActionSettings::Succeed => None,
         })
@@ -332,7 +355,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         let mut issues = Vec::new();
         let mut chain: Vec<Layer> = Vec::new();
         let mut key: Vec<(String, String)> = Vec::new();
-        let owner = repo.as_str().split('/').next().unwrap_or_default().to_owned();
+        let owner = repo.owner().to_owned();
         let mut next: Option<(String, Option<Arc<RepoBlob>>)> = Some((repo.as_str().to_owned(), own));
         let mut depth = 0;
         while let Some((name, blob)) = next.take() {
@@ -350,12 +373,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
                 break;
             };
             let label = format!("{name}:{CONFIG_PATH}");
-            let file = if blob.size > MAX_FILE_BYTES as u64 {
-                Err(too_large(&label, blob.size))
-            } else {
-                self.parse_once(&label, &blob)
-            };
-            let file = match file {
+            let file = match self.parse_once(&label, &blob) {
                 Ok(file) => file,
                 Err(mut problems) => {
                     issues.append(&mut problems);
@@ -403,12 +421,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             key.push((org.clone(), blob.as_ref().map(|b| b.sha.clone()).unwrap_or_default()));
             if let Some(blob) = blob {
                 let label = format!("{org}:{CONFIG_PATH}");
-                let parsed = if blob.size > MAX_FILE_BYTES as u64 {
-                    Err(too_large(&label, blob.size))
-                } else {
-                    self.parse_once(&label, &blob)
-                };
-                match parsed {
+                match self.parse_once(&label, &blob) {
                     Ok(file) if file.extends.is_none() => chain.insert(
                         0,
                         Layer { repo: org.clone(), blob: blob.sha.clone(), label, source: blob.text.clone(), file },
@@ -427,8 +440,12 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         Ok(Gathered { layers: chain, issues, key })
     }
 
-    /// `blob` parsed, once per instance.
+    /// `blob` parsed, once per instance. A file over the cap was read without its text (the
+    /// client leaves it out), so it is refused by its size.
     fn parse_once(&self, label: &str, blob: &RepoBlob) -> Parsed {
+        if blob.size > MAX_FILE_BYTES as u64 {
+            return Err(vec![too_large(label, blob.size)]);
+        }
         let key = (label.to_owned(), blob.sha.clone());
         if let Some(parsed) = lock(&self.config_cache.parsed).get(&key) {
             return parsed.clone();
@@ -459,12 +476,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         // Other repositories may extend this one, or take it as their organisation's defaults.
         lock(&self.config_cache.resolved).clear();
         let gathered = self.gather(repo, None, deadline).await?;
-        let issues = if gathered.issues.is_empty() {
-            resolve(&self.stack, &gathered.layers).err().unwrap_or_default()
-        } else {
-            gathered.issues.clone()
-        };
-        let config = self.settle(repo, gathered, Some(after)).await?;
+        let (config, issues) = self.settle(repo, gathered, Some(after)).await?;
         let run = match (&config, issues.is_empty()) {
             (RepoConfig::Settings(settings), true) => NewCheckRun {
                 name: CHECK_NAME.to_owned(),
@@ -502,9 +514,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
             RepoConfig::Refused(_) => self.stack.settings(),
         };
         let gathered = self.gather(repo, Some(proposed), deadline).await?;
-        let after =
-            if gathered.issues.is_empty() { resolve(&self.stack, &gathered.layers) } else { Err(gathered.issues) };
-        let (run, outcome) = match after {
+        let (run, outcome) = match gathered.resolve(&self.stack) {
             Ok(after) => {
                 let changes = dry_run::changes(&now, &after);
                 let run = NewCheckRun {
@@ -529,16 +539,6 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         post_check_run(&self.github, repo, &run, deadline).await?;
         Ok(outcome)
     }
-}
-
-fn too_large(label: &str, size: u64) -> Vec<ConfigIssue> {
-    vec![ConfigIssue {
-        file: label.to_owned(),
-        line: None,
-        column: None,
-        key: None,
-        message: format!("the file is {size} bytes; at most {} KB is read", MAX_FILE_BYTES / 1024),
-    }]
 }
 
 /// Posts a check run; with a token that cannot create them (a personal access token: only Apps

@@ -73,6 +73,11 @@ impl RepoFullName {
         }
     }
 
+    /// The account it belongs to (the part before the `/`).
+    pub fn owner(&self) -> &str {
+        self.0.split_once('/').map_or(self.0.as_str(), |(owner, _)| owner)
+    }
+
     /// GitHub treats names case-insensitively; keys in the store use this form so that one
     /// repository never gets two keys.
     pub fn key(&self) -> String {

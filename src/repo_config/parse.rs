@@ -42,15 +42,21 @@ impl std::fmt::Display for ConfigIssue {
     }
 }
 
+/// A file over [`MAX_FILE_BYTES`], refused unread.
+pub fn too_large(file: &str, size: u64) -> ConfigIssue {
+    ConfigIssue {
+        file: file.to_owned(),
+        line: None,
+        column: None,
+        key: None,
+        message: format!("the file is {size} bytes; at most {} KB is read", MAX_FILE_BYTES / 1024),
+    }
+}
+
 /// Parses one file. An empty file (or only comments) is an empty configuration.
 pub fn parse(file: &str, source: &str) -> Result<RepoFile, Vec<ConfigIssue>> {
-    let issue = |message: String| ConfigIssue { file: file.to_owned(), line: None, column: None, key: None, message };
     if source.len() > MAX_FILE_BYTES {
-        return Err(vec![issue(format!(
-            "the file is {} bytes; at most {} KB is read",
-            source.len(),
-            MAX_FILE_BYTES / 1024
-        ))]);
+        return Err(vec![too_large(file, source.len() as u64)]);
     }
     if source.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
         return Ok(RepoFile::default());
