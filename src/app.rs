@@ -167,16 +167,8 @@ impl Clients {
     }
 }
 
-/// The handler, on `clients`.
-pub fn handler_from(config: &Config, clients: &Clients) -> Result<Handler, InitError> {
-    let store = DynamoStore::new(clients.dynamodb.clone(), &config.table);
-    let http = clients.http.clone();
-    let auth = Arc::new(GitHubAuth::new(config.github_auth.clone(), Arc::new(SystemClock)));
-    let github = GitHubClient::with_auth(http.clone(), &config.github_api_url, auth, RetryPolicy::default());
-    let html_url = html_url_of(&config.github_api_url);
-    let deployer =
-        HookDeployer::new(http, config.deploy_targets.clone(), config.hook_secrets.clone(), config.deploy_hook_timeout)
-            .with_slack(config.slack.clone(), &html_url);
+/// The service's settings, from the stack's (also what `check-config` checks a file over).
+pub fn service_settings(config: &Config) -> ServiceSettings {
     let mut settings = ServiceSettings::new(config.rules.clone());
     settings.run_timeout = config.deploy_timeout;
     settings.run_timeouts = config.deploy_timeouts.clone();
@@ -189,12 +181,25 @@ pub fn handler_from(config: &Config, clients: &Clients) -> Result<Handler, InitE
     settings.checks_wait = config.checks_wait;
     settings.limits = config.repo_limits.clone();
     settings.config_recheck = config.config_recheck;
-    settings.github_html_url = html_url;
+    settings.github_html_url = html_url_of(&config.github_api_url);
     settings.redelivery_hooks = config.redeliver_hooks.clone();
     if matches!(config.github_auth, crate::github::auth::AuthConfig::App(_)) {
         settings.redelivery_hooks.insert(0, crate::domain::ports::HookRef::App);
     }
-    let service = Service::new(store, github, deployer, settings);
+    settings
+}
+
+/// The handler, on `clients`.
+pub fn handler_from(config: &Config, clients: &Clients) -> Result<Handler, InitError> {
+    let store = DynamoStore::new(clients.dynamodb.clone(), &config.table);
+    let http = clients.http.clone();
+    let auth = Arc::new(GitHubAuth::new(config.github_auth.clone(), Arc::new(SystemClock)));
+    let github = GitHubClient::with_auth(http.clone(), &config.github_api_url, auth, RetryPolicy::default());
+    let html_url = html_url_of(&config.github_api_url);
+    let deployer =
+        HookDeployer::new(http, config.deploy_targets.clone(), config.hook_secrets.clone(), config.deploy_hook_timeout)
+            .with_slack(config.slack.clone(), &html_url);
+    let service = Service::new(store, github, deployer, service_settings(config));
     Ok(WebhookHandler::new(service, config.webhook_secrets.clone(), config.delivery_budget)
         .with_hook_secrets(config.hook_secrets.clone()))
 }

@@ -46,26 +46,9 @@ pub fn check(label: &str, text: &str, vars: impl IntoIterator<Item = (String, St
     let vars: HashMap<String, String> = vars.into_iter().collect();
     let (stack, over) = match Config::from_vars(vars.clone()) {
         Ok(config) => {
-            let mut settings = ServiceSettings::new(config.rules.clone());
-            settings.branch_deploy_environments = config.branch_deploy_environments.iter().cloned().collect();
-            settings.allow_sha_deployments = config.allow_sha_deployments;
-            settings.chatops_permissions = config.chatops_permissions.clone();
-            settings.required_contexts = config.required_contexts.clone();
-            settings.checks_wait = config.checks_wait;
-            settings.run_timeout = config.deploy_timeout;
-            settings.run_timeouts = config.deploy_timeouts.clone();
-            settings.limits = config.repo_limits.clone();
-            let (default_hook_secret, hook_secret_names) = config.hook_secrets.names();
-            let targets = StackTargets {
-                default_hook: config.deploy_targets.default_hook.clone(),
-                hooks: config.deploy_targets.hooks.clone(),
-                default_environment_url: config.deploy_targets.default_environment_url.clone(),
-                environment_urls: config.deploy_targets.environment_urls.clone(),
-                default_hook_secret,
-                hook_secret_names,
-                default_slack: config.slack.default_url.is_some(),
-                slack_names: config.slack.urls.keys().cloned().collect(),
-            };
+            let settings = crate::app::service_settings(&config);
+            let targets =
+                crate::deploy::hook::stack_targets_of(&config.deploy_targets, &config.hook_secrets, &config.slack);
             (
                 crate::domain::configuration::stack_defaults(&settings, targets),
                 "the stack's settings in this environment".to_owned(),

@@ -14,7 +14,7 @@ use crate::github::auth::{AppCredentials, AuthConfig, BadAppKey};
 use crate::github::client::ExtraCaCerts;
 use crate::http::signature::{HookSecrets, WebhookSecrets};
 use crate::repo_config::OperatorLimits;
-use crate::repo_config::resolve::{ROLES, parse_pins};
+use crate::repo_config::resolve::{ROLES, is_loopback, parse_pins};
 
 pub const DEFAULT_GITHUB_API_URL: &str = "https://api.github.com";
 
@@ -405,25 +405,13 @@ fn http_url(name: &str, value: &str) -> Result<String, ConfigError> {
     }
 }
 
-fn is_loopback(url: &Url) -> bool {
-    match url.host_str() {
-        Some(host) if host.eq_ignore_ascii_case("localhost") => true,
-        // IPv6 hosts come bracketed (`[::1]`).
-        Some(host) => host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        None => false,
-    }
-}
-
-/// Minutes, fractions allowed (`0.1` is 6 s: short timeouts for local runs and tests).
+/// Minutes, fractions allowed (see [`crate::repo_config::resolve::minutes`]).
 fn minutes(name: &str, raw: &str) -> Result<Duration, ConfigError> {
-    match raw.trim().parse::<f64>() {
-        Ok(m) if (0.05..=1440.0).contains(&m) => Ok(Duration::from_millis((m * 60_000.0).round() as u64)),
-        _ => Err(ConfigError::BadMinutes { name: name.to_owned(), value: raw.to_owned() }),
-    }
+    raw.trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(crate::repo_config::resolve::minutes)
+        .ok_or_else(|| ConfigError::BadMinutes { name: name.to_owned(), value: raw.to_owned() })
 }
 
 fn millis(raw: Option<&str>, name: &'static str, default: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {

@@ -53,6 +53,22 @@ impl DeployTargets {
     }
 }
 
+/// What the stack's hook, URL, secret and Slack settings configure, as the base of every
+/// repository's settings (names of secrets, never secrets).
+pub fn stack_targets_of(targets: &DeployTargets, secrets: &HookSecrets, slack: &SlackTargets) -> StackTargets {
+    let (default_hook_secret, hook_secret_names) = secrets.names();
+    StackTargets {
+        default_hook: targets.default_hook.clone(),
+        hooks: targets.hooks.clone(),
+        default_environment_url: targets.default_environment_url.clone(),
+        environment_urls: targets.environment_urls.clone(),
+        default_hook_secret,
+        hook_secret_names,
+        default_slack: slack.default_url.is_some(),
+        slack_names: slack.urls.keys().cloned().collect(),
+    }
+}
+
 pub struct HookDeployer {
     http: Client,
     targets: DeployTargets,
@@ -116,17 +132,7 @@ impl DeployAction for HookDeployer {
     }
 
     fn stack_targets(&self) -> StackTargets {
-        let (default_hook_secret, hook_secret_names) = self.secrets.names();
-        StackTargets {
-            default_hook: self.targets.default_hook.clone(),
-            hooks: self.targets.hooks.clone(),
-            default_environment_url: self.targets.default_environment_url.clone(),
-            environment_urls: self.targets.environment_urls.clone(),
-            default_hook_secret,
-            hook_secret_names,
-            default_slack: self.slack.default_url.is_some(),
-            slack_names: self.slack.urls.keys().cloned().collect(),
-        }
+        stack_targets_of(&self.targets, &self.secrets, &self.slack)
     }
 
     async fn deploy(&self, call: &HookCall<'_>, deadline: Deadline) -> HookAnswer {

@@ -109,26 +109,12 @@ pub fn stack_defaults(settings: &ServiceSettings, targets: StackTargets) -> Stac
     };
     let mut environments: Vec<EnvironmentSettings> = Vec::new();
     for rule in settings.rules.rules() {
-        match environments.iter_mut().find(|e| e.name == rule.environment) {
-            Some(env) => env.branches.push(rule.pattern.clone()),
-            None => {
-                let mut env = stack.environment(&rule.environment);
-                env.branches = vec![rule.pattern.clone()];
-                environments.push(env);
-            }
-        }
+        stack.entry(&mut environments, &rule.environment).branches.push(rule.pattern.clone());
     }
     let mut branch_deploys: Vec<_> = settings.branch_deploy_environments.iter().cloned().collect();
     branch_deploys.sort();
     for name in branch_deploys {
-        match environments.iter_mut().find(|e| e.name == name) {
-            Some(env) => env.branch_deploys = true,
-            None => {
-                let mut env = stack.environment(&name);
-                env.branch_deploys = true;
-                environments.push(env);
-            }
-        }
+        stack.entry(&mut environments, &name).branch_deploys = true;
     }
     // An environment managed only through its own `DEPLOY_HOOK_URL_<SUFFIX>` is the suffix
     // lower-cased: one name, never several spellings sharing one hook.

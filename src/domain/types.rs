@@ -121,7 +121,7 @@ impl Environment {
 
     /// The suffix of per-environment settings: `staging-eu` → `STAGING_EU`.
     pub fn env_var_suffix(&self) -> String {
-        self.0.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
+        setting_suffix(&self.0)
     }
 
     pub fn production() -> Self {
@@ -215,6 +215,12 @@ impl fmt::Display for DeploymentState {
 
 /// Cuts `text` to at most `max` characters (not bytes), ending with `…` when cut, so that
 /// GitHub's 140-character description limit is never exceeded by a long PR title.
+/// A name as the suffix of a setting's variable: upper-cased, every other character than a
+/// letter or digit as `_` (`staging-eu` → `STAGING_EU`).
+pub fn setting_suffix(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
+}
+
 pub fn truncate_chars(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         return text.to_owned();

@@ -104,6 +104,23 @@ impl StackDefaults {
         }
     }
 
+    /// `name`'s settings in `environments`, added there (with the stack's settings for it) when
+    /// missing.
+    pub fn entry<'a>(
+        &self,
+        environments: &'a mut Vec<EnvironmentSettings>,
+        name: &Environment,
+    ) -> &'a mut EnvironmentSettings {
+        let index = match environments.iter().position(|e| &e.name == name) {
+            Some(index) => index,
+            None => {
+                environments.push(self.environment(name));
+                environments.len() - 1
+            }
+        };
+        &mut environments[index]
+    }
+
     /// `HOOK_SIGNING_SECRET_<SUFFIX>` if the stack holds it, else `HOOK_SIGNING_SECRET`.
     pub fn hook_secret_for(&self, suffix: &str) -> SecretName {
         if self.hook_secret_names.contains(suffix) { SecretName::Named(suffix.to_owned()) } else { SecretName::Default }
@@ -184,14 +201,8 @@ fn apply(stack: &StackDefaults, layer: &Layer, settings: &mut RepoSettings, issu
             );
             continue;
         }
-        let index = match settings.environments.iter().position(|e| e.name == environment) {
-            Some(index) => index,
-            None => {
-                settings.environments.push(stack.environment(&environment));
-                settings.environments.len() - 1
-            }
-        };
-        apply_environment(stack, name, env_file, &mut settings.environments[index], &mut issue);
+        let env = stack.entry(&mut settings.environments, &environment);
+        apply_environment(stack, name, env_file, env, &mut issue);
     }
     if let Some(commands) = &layer.file.commands {
         if let Some(permissions) = &commands.permissions {
@@ -353,9 +364,7 @@ fn hook_url_problem(url: &str, allowed: &[String]) -> Option<String> {
         return Some(format!("`{url}` is not a URL"));
     };
     let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
-    let loopback = host == "localhost"
-        || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    if parsed.scheme() != "https" && !(parsed.scheme() == "http" && loopback) {
+    if parsed.scheme() != "https" && !(parsed.scheme() == "http" && is_loopback(&parsed)) {
         return Some("a hook URL must be https://".to_owned());
     }
     let allowed_host = allowed.iter().any(|pattern| {
@@ -374,8 +383,25 @@ fn hook_url_problem(url: &str, allowed: &[String]) -> Option<String> {
     }
 }
 
-fn minutes(m: f64) -> Option<Duration> {
+/// Minutes, fractions allowed, from 0.05 to 1440 (`0.1` is 6 s: short timeouts for local runs
+/// and tests): a stack setting's or a file's.
+pub fn minutes(m: f64) -> Option<Duration> {
     (0.05..=1440.0).contains(&m).then(|| Duration::from_millis((m * 60_000.0).round() as u64))
+}
+
+/// A loopback host (`localhost`, `127.0.0.1`, `[::1]`): the only one where `http://` is allowed,
+/// since nothing travels over a network.
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host_str() {
+        Some(host) if host.eq_ignore_ascii_case("localhost") => true,
+        // IPv6 hosts come bracketed (`[::1]`).
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
 }
 
 /// The keys a file sets, as paths (`environments.staging.action`).

@@ -69,7 +69,7 @@ impl SecretName {
 
     /// A name as a file writes it (`staging-hook`) → `STAGING_HOOK`.
     pub fn suffix_of(name: &str) -> String {
-        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
+        crate::domain::types::setting_suffix(name)
     }
 }
 
