@@ -259,12 +259,18 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
     /// The environment's settings for the run engine: this instance's resolved configuration of
     /// the repository (every entry point resolves it before driving a run), else the stack's.
     pub(crate) fn environment_settings(&self, key: &EnvKey) -> EnvironmentSettings {
+        self.with_environment_settings(key, EnvironmentSettings::clone)
+    }
+
+    /// `read` applied to those settings, without copying them (the run engine asks for its
+    /// timeout at every write).
+    pub(crate) fn with_environment_settings<T>(&self, key: &EnvKey, read: impl FnOnce(&EnvironmentSettings) -> T) -> T {
         if let Some((_, RepoConfig::Settings(settings))) = lock(&self.config_cache.resolved).get(key.repo.as_str())
             && let Some(env) = settings.environment(&key.environment)
         {
-            return env.clone();
+            return read(env);
         }
-        self.stack.environment(&key.environment)
+        read(&self.stack.environment(&key.environment))
     }
 
     /// The name of the secret that signs `environment`'s hook calls and callbacks in the
@@ -291,7 +297,8 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
         repo: &RepoFullName,
         environment: &crate::domain::Environment,
     ) -> std::time::Duration {
-        self.environment_settings(&EnvKey { repo: repo.clone(), environment: environment.clone() }).checks_wait
+        let key = EnvKey { repo: repo.clone(), environment: environment.clone() };
+        self.with_environment_settings(&key, |e| e.checks_wait)
     }
 
     /// The default branch's file of `repo`, from the cache while fresh. A failed read with a

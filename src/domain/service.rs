@@ -395,7 +395,7 @@ impl<S: Store, G: GitHub, D: DeployAction, C: Clock> Service<S, G, D, C> {
 
     /// The run engine's settings for an environment (its timeout from the repository's settings).
     pub(crate) fn run_settings(&self, key: &EnvKey) -> RunSettings {
-        let timeout = self.environment_settings(key).timeout;
+        let timeout = self.with_environment_settings(key, |e| e.timeout);
         RunSettings { lease_ms: self.settings.lease.as_millis() as u64, run_timeout_ms: timeout.as_millis() as u64 }
     }
 
